@@ -1,1 +1,23 @@
+//! crewthrottle's native core: a pure-Rust core (`core`) and its Python bindings (`py`).
+
 pub mod core;
+pub mod py;
+
+/// The extension module `crewthrottle._native`; the public API is `crewthrottle`.
+#[pyo3::pymodule(gil_used = false)]
+mod _native {
+    #[pymodule_export]
+    use crate::py::errors::AcquireTimeout;
+    #[pymodule_export]
+    use crate::py::fork::{_after_fork_in_child, _after_fork_in_parent, _before_fork};
+    #[pymodule_export]
+    use crate::py::limiter::Limiter;
+    #[pymodule_export]
+    use crate::py::permit::Permit;
+    #[pymodule_export]
+    use crate::py::semaphore::{BoundedSemaphore, Semaphore};
+    #[pymodule_export]
+    use crate::py::token_bucket::TokenBucket;
+    #[pymodule_export]
+    use crate::py::wait::Waiting;
+}

@@ -2,4 +2,11 @@
 
 pub mod backoff;
 pub mod clock;
+pub mod error;
+pub mod fork;
+pub mod gate;
+pub mod limiter;
 pub mod retry_budget;
+pub mod semaphore;
+pub mod sliding_window;
+pub mod token_bucket;

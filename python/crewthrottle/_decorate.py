@@ -1,0 +1,31 @@
+"""``@limiter``: one decorator for sync and async callables, keeping name and signature."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def limit(limiter: Any, function: F) -> F:
+    """Wrap ``function`` so each call holds a permit of ``limiter`` while it runs."""
+    if not callable(function):
+        raise TypeError(f"a Limiter decorates a callable, got {type(function).__name__}")
+    if inspect.iscoroutinefunction(function):
+
+        @functools.wraps(function)
+        async def limited_async(*args: Any, **kwargs: Any) -> Any:
+            async with await limiter.acquire_async():
+                return await function(*args, **kwargs)
+
+        return limited_async  # type: ignore[return-value]
+
+    @functools.wraps(function)
+    def limited(*args: Any, **kwargs: Any) -> Any:
+        with limiter.acquire():
+            return function(*args, **kwargs)
+
+    return limited  # type: ignore[return-value]

@@ -1,0 +1,401 @@
+"""Recognise rate-limit errors from any LLM client, and read the wait they name.
+
+Duck-typed on purpose: nothing here imports openai, anthropic, litellm, httpx, requests, google
+or a framework, so the checks cost nothing when those packages are absent and keep working as
+their exception classes move. An exception is read through the attributes those libraries share:
+
+- a status code: ``status_code``, ``status``, ``code``, ``http_status``, or the same on
+  ``response`` (openai, anthropic, litellm, httpx, requests, google-api-core, google-genai);
+- an error body: ``body`` (openai, anthropic), ``json_body`` (openai < 1), ``details``
+  (google-genai), ``response_json``, or ``response.json()``;
+- class names in the MRO (``RateLimitError``, ``ResourceExhausted``, ``TooManyRequests``...);
+- headers: ``response.headers`` or ``headers``.
+
+The chain of ``__cause__`` and ``__context__`` is walked too, so wrappers (LangChain, CrewAI,
+``raise MyError(...) from exc``) are seen through.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import inspect
+import json
+import math
+import re
+import time
+from collections.abc import Callable, Iterable, Iterator
+from datetime import timezone
+
+__all__ = ["is_rate_limit_error", "retry_after"]
+
+#: HTTP statuses that mean "slow down": too many requests, unavailable, Anthropic's overloaded.
+_RATE_LIMIT_STATUSES = frozenset({429, 503, 529})
+
+#: Error codes and types, lower-cased, that name a rate limit or an overload in a body or on
+#: the exception (openai ``code``, anthropic ``error.type``, google ``status``).
+_RATE_LIMIT_IDS = frozenset(
+    {
+        "rate_limit_exceeded",
+        "rate_limit_error",
+        "ratelimitexceeded",
+        "overloaded_error",
+        "resource_exhausted",
+        "too_many_requests",
+        "throttlingexception",
+    }
+)
+
+#: Class names, anywhere in the MRO, of rate-limit exceptions (openai, anthropic, litellm,
+#: google-api-core, boto3's generated ``ThrottlingException``, and wrappers named alike).
+_RATE_LIMIT_CLASS_NAMES = frozenset(
+    {
+        "RateLimitError",
+        "RateLimitException",
+        "RateLimitExceeded",
+        "RateLimitExceededError",
+        "TooManyRequests",
+        "TooManyRequestsError",
+        "ResourceExhausted",
+        "OverloadedError",
+        "ThrottlingException",
+    }
+)
+
+#: Messages of rate limits, for exceptions that carry no status code of their own.
+_RATE_LIMIT_TEXT = re.compile(
+    r"rate[ _-]?limit(?:ed)?[ _-]?(?:exceeded|reached|hit)|\bRateLimit(?:Error|Exception)\b"
+    r"|too many requests|resource[ _]exhausted|overloaded_error|\b(?:is|currently) overloaded\b"
+    r"|(?:error|status|http)(?: code)?:? ?(?:429|529)\b",
+    re.IGNORECASE,
+)
+
+#: A 429 that waiting minutes will not cure: no money, or a daily quota spent. OpenAI says
+#: ``insufficient_quota``; Gemini names quota ids like ``GenerateRequestsPerDayPerProject...``;
+#: OpenAI's per-day limits say "requests per day (RPD)".
+_EXHAUSTED_TEXT = re.compile(r"insufficient_quota|per[ _-]?day", re.IGNORECASE)
+
+#: "You exceeded your current quota" is OpenAI's out-of-credit message, but Gemini says it for
+#: per-minute limits too, naming a ``...PerMinute...`` quota id: only the latter is a rate limit.
+_QUOTA_TEXT = re.compile(r"exceeded your current quota", re.IGNORECASE)
+_SHORT_WINDOW_TEXT = re.compile(r"per[ _-]?(?:minute|second)", re.IGNORECASE)
+
+#: How many exceptions of a ``__cause__``/``__context__`` chain are looked at, at most.
+_MAX_CHAIN = 16
+
+#: Go-style durations as OpenAI sends in ``x-ratelimit-reset-*``: "6m0s", "1.5s", "20ms".
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h|d)")
+_DURATION_UNITS = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "µs": 1e-6,
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+    "d": 86400.0,
+}
+
+
+def is_rate_limit_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is a provider's "too many requests" or "overloaded" error, worth a retry.
+
+    True for HTTP 429, 503 and 529 (Anthropic's overloaded) from openai, anthropic, litellm,
+    httpx, requests, google-api-core and google-genai errors, for exceptions whose class or a
+    base is named like ``RateLimitError``, and for any exception caused by one of these.
+
+    False for a 429 that means the account is out of money or out of daily quota (OpenAI's
+    ``insufficient_quota``, Gemini's per-day quotas): retrying cannot succeed before tomorrow.
+    False also for ``KeyboardInterrupt``, ``SystemExit`` and other non-``Exception`` errors.
+    """
+    if not isinstance(exc, Exception):
+        return False
+    rate_limited = False
+    for link in _chain(exc, stop=_is_other_http_error):
+        if _quota_exhausted(link):
+            return False
+        rate_limited = rate_limited or _says_rate_limited(link)
+    return rate_limited
+
+
+def retry_after(exc: BaseException) -> float | None:
+    """The wait, in seconds, that the provider named in ``exc``'s response, or ``None``.
+
+    Read from the headers of ``exc.response`` (or ``exc.headers``), case-insensitively, in
+    the order OpenAI's SDK uses: ``retry-after-ms`` (milliseconds), then ``retry-after``
+    (seconds, possibly fractional, or an HTTP date), then the longest of OpenAI's
+    ``x-ratelimit-reset-requests`` and ``x-ratelimit-reset-tokens`` (durations like ``"6m0s"``),
+    then Gemini's ``RetryInfo.retryDelay`` in the error body. The first exception of the
+    ``__cause__``/``__context__`` chain that names a wait wins. Never negative; unparseable
+    values are ignored; never raises.
+    """
+    for link in _chain(exc):
+        wait = _header_wait(link)
+        if wait is None:
+            wait = _body_retry_delay(link)
+        if wait is not None:
+            return wait
+    return None
+
+
+# -- walking the chain -----------------------------------------------------------------------
+
+
+def _chain(
+    exc: BaseException, stop: Callable[[BaseException], bool] | None = None
+) -> Iterator[BaseException]:
+    """``exc``, then its causes and contexts, depth first, each once, at most ``_MAX_CHAIN``.
+
+    ``__context__`` is skipped where ``raise ... from None`` suppressed it; the links beneath
+    an exception for which ``stop`` is true are not visited.
+    """
+    seen: set[int] = set()
+    stack = [exc]
+    while stack and len(seen) < _MAX_CHAIN:
+        link = stack.pop()
+        if id(link) in seen:
+            continue
+        seen.add(id(link))
+        yield link
+        if stop is not None and stop(link):
+            continue
+        context = None if link.__suppress_context__ else link.__context__
+        # Pushed so that the explicit cause is visited before the implicit context.
+        stack.extend(e for e in (context, link.__cause__) if isinstance(e, BaseException))
+
+
+def _is_other_http_error(exc: BaseException) -> bool:
+    """Whether ``exc`` has an HTTP status of its own that is not a rate limit.
+
+    Such an error (a 500 after the SDK's own retries of a 429, say) speaks for itself, so the
+    errors it was raised while handling are not asked.
+    """
+    status = _own_status(exc)
+    return status is not None and status not in _RATE_LIMIT_STATUSES
+
+
+# -- reading one exception -------------------------------------------------------------------
+
+
+def _says_rate_limited(exc: BaseException) -> bool:
+    """Whether this one exception, without its chain, reads as a rate limit or overload."""
+    if not isinstance(exc, Exception):
+        return False
+    if _own_status(exc) in _RATE_LIMIT_STATUSES:
+        return True
+    if any(c.__name__ in _RATE_LIMIT_CLASS_NAMES for c in type(exc).__mro__):
+        return True
+    bodies = _bodies(exc)
+    if any(_status_of(v) in _RATE_LIMIT_STATUSES for v in _error_fields(exc, bodies)):
+        return True
+    if any(_id_of(v) in _RATE_LIMIT_IDS for v in _error_fields(exc, bodies)):
+        return True
+    return _own_status(exc) is None and bool(_RATE_LIMIT_TEXT.search(_safe_str(exc)))
+
+
+def _quota_exhausted(exc: BaseException) -> bool:
+    """Whether this exception says the account's money or daily quota is spent."""
+    fields = [v for v in _error_fields(exc, []) if isinstance(v, str)]
+    text = " ".join([_safe_str(exc), *fields, *(_dump(b) for b in _bodies(exc))])
+    if _EXHAUSTED_TEXT.search(text):
+        return True
+    return bool(_QUOTA_TEXT.search(text)) and not _SHORT_WINDOW_TEXT.search(text)
+
+
+def _own_status(exc: BaseException) -> int | None:
+    """The HTTP status carried by the exception's attributes or its ``response``."""
+    for owner in (exc, _attr(exc, "response")):
+        for name in ("status_code", "status", "code", "http_status"):
+            status = _status_of(_attr(owner, name))
+            if status is not None:
+                return status
+    return None
+
+
+def _error_fields(exc: BaseException, bodies: list[object]) -> list[object]:
+    """The ``code``/``type``/``status`` values of the exception and of its error bodies."""
+    fields = [_attr(exc, name) for name in ("code", "type", "status")]
+    for body in bodies:
+        for part in (body, _get(body, "error")):
+            fields.extend(_get(part, key) for key in ("code", "type", "status"))
+    return [f for f in fields if f is not None]
+
+
+def _bodies(exc: BaseException) -> list[object]:
+    """The decoded error bodies the exception carries, outermost first."""
+    bodies = [_attr(exc, n) for n in ("body", "json_body", "details", "response_json")]
+    bodies.append(_response_json(_attr(exc, "response")))
+    return [_maybe_json(b) for b in bodies if b is not None]
+
+
+def _response_json(response: object) -> object:
+    """``response.json()``, or ``None`` if it fails, is not there, or is a coroutine.
+
+    A streamed ``requests`` response whose body is unread is left alone: reading it would
+    block on the network. (A streamed httpx one raises ``ResponseNotRead``, which is caught.)
+    """
+    method = _attr(response, "json")
+    if not callable(method) or _attr(response, "_content_consumed") is False:
+        return None
+    try:
+        result = method()
+    except Exception:
+        return None
+    if inspect.iscoroutine(result):  # aiohttp: never leave a coroutine un-awaited
+        result.close()
+        return None
+    return result
+
+
+# -- the wait a provider names -----------------------------------------------------------------
+
+
+def _header_wait(exc: BaseException) -> float | None:
+    """The wait named by the exception's response headers, in seconds."""
+    response = _attr(exc, "response")
+    headers = _attr(response, "headers") if response is not None else None
+    if headers is None:
+        headers = _attr(exc, "headers")
+    lookup = _header_lookup(headers)
+    millis = _seconds(lookup("retry-after-ms"))
+    if millis is not None:
+        return millis / 1000.0
+    seconds = _seconds(lookup("retry-after"))
+    if seconds is None:
+        seconds = _http_date_wait(lookup("retry-after"))
+    if seconds is not None:
+        return seconds
+    resets = [_duration(lookup(f"x-ratelimit-reset-{kind}")) for kind in ("requests", "tokens")]
+    return max((r for r in resets if r is not None), default=None)
+
+
+def _header_lookup(headers: object) -> Callable[[str], str | None]:
+    """A case-insensitive getter over any mapping of headers (httpx, requests, dict)."""
+    found: dict[str, str] = {}
+    items = _attr(headers, "items")
+    try:
+        pairs = items() if callable(items) else ()
+        for pair in pairs if isinstance(pairs, Iterable) else ():
+            if isinstance(pair, tuple) and len(pair) == 2:
+                key, value = _text(pair[0]), _text(pair[1])
+                if key is not None and value is not None:
+                    found.setdefault(key.strip().lower(), value.strip())
+    except Exception:  # a broken mapping names no wait
+        pass
+    return found.get
+
+
+def _body_retry_delay(exc: BaseException) -> float | None:
+    """Gemini's ``google.rpc.RetryInfo`` ``retryDelay`` ("23s") in the error body, in seconds."""
+    for body in _bodies(exc):
+        for part in (body, _get(body, "error")):
+            details = _get(part, "details")
+            for detail in details if isinstance(details, list) else ():
+                if "RetryInfo" in str(_get(detail, "@type")):
+                    wait = _duration(_get(detail, "retryDelay"))
+                    if wait is not None:
+                        return wait
+    return None
+
+
+def _seconds(value: object) -> float | None:
+    """A non-negative, finite number of seconds written as a decimal, or ``None``."""
+    if not isinstance(value, str):
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) and number >= 0 else None
+
+
+def _http_date_wait(value: object) -> float | None:
+    """Seconds from now until an HTTP date (``Wed, 21 Oct 2015 07:28:00 GMT``), at least 0."""
+    if not isinstance(value, str):
+        return None
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except Exception:  # TypeError or ValueError, by Python version
+        return None
+    if when.tzinfo is None:  # "-0000" gives a naive datetime; HTTP dates are UTC
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _duration(value: object) -> float | None:
+    """Seconds in a Go-style duration ("1h2m3.5s", "20ms") or a bare number of seconds."""
+    plain = _seconds(value)
+    if plain is not None or not isinstance(value, str):
+        return plain
+    text = value.strip()
+    parts = list(_DURATION_PART.finditer(text))
+    if not parts or "".join(p.group(0) for p in parts) != text:
+        return None
+    total = sum(float(p.group(1)) * _DURATION_UNITS[p.group(2)] for p in parts)
+    return total if math.isfinite(total) else None
+
+
+# -- defensive access ------------------------------------------------------------------------
+
+
+def _attr(obj: object, name: str) -> object:
+    """``getattr(obj, name, None)``, where a failing property also gives ``None``."""
+    if obj is None:
+        return None
+    try:
+        return getattr(obj, name, None)
+    except Exception:
+        return None
+
+
+def _get(mapping: object, key: str) -> object:
+    """``mapping[key]`` for a dict, else ``None``."""
+    return mapping.get(key) if isinstance(mapping, dict) else None
+
+
+def _maybe_json(body: object) -> object:
+    """A body as decoded JSON when it is a JSON string, else as it is."""
+    if isinstance(body, (str, bytes)) and body[:1] in ("{", b"{"):
+        try:
+            return json.loads(body)
+        except ValueError:
+            return body
+    return body
+
+
+def _status_of(value: object) -> int | None:
+    """An HTTP status (100-599) from an int or a string of digits, else ``None``."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, int) and 100 <= value <= 599:
+        return int(value)
+    return None
+
+
+def _id_of(value: object) -> str | None:
+    """An error code or type, lower-cased, from a string value."""
+    return value.strip().lower() if isinstance(value, str) else None
+
+
+def _text(value: object) -> str | None:
+    """A header name or value as text (bytes are Latin-1, as HTTP/1.1 has it)."""
+    if isinstance(value, bytes):
+        return value.decode("latin-1")
+    return value if isinstance(value, str) else None
+
+
+def _safe_str(exc: BaseException) -> str:
+    """``str(exc)``, or ``""`` if its ``__str__`` raises."""
+    try:
+        return str(exc)
+    except Exception:
+        return ""
+
+
+def _dump(body: object) -> str:
+    """A body as text to search, whatever its type."""
+    try:
+        return json.dumps(body, default=str)
+    except Exception:
+        return ""

@@ -1,0 +1,52 @@
+"""The Python half of async waiting: awaits a native ticket without blocking the loop.
+
+The native gate wakes the head of its queue through ``loop.call_soon_threadsafe`` (any thread,
+any loop), and only the head sets a loop timer, for the instant a rate limit lets it through.
+Whatever ends the wait early (cancellation, an error, the coroutine being closed) abandons
+the ticket, which gives back a grant made at that very moment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def wake(future: asyncio.Future[None]) -> None:
+    """Resolve ``future`` unless it is already done (called on its loop)."""
+    if not future.done():
+        future.set_result(None)
+
+
+async def ready(value: T) -> T:
+    """An awaitable that is already done."""
+    return value
+
+
+async def wait(waiting: Any, timeout: float | None) -> Any:
+    """Await a queued native acquisition; on timeout return (or raise) its timed-out result."""
+    loop = asyncio.get_running_loop()
+    deadline = None if timeout is None else loop.time() + timeout
+    try:
+        while True:
+            future: asyncio.Future[None] = loop.create_future()
+            done, value = waiting.poll(loop, future)
+            if done:
+                return value
+            delay: float | None = value
+            if deadline is not None:
+                left = deadline - loop.time()
+                if left <= 0:
+                    return waiting.abandon(timed_out=True)
+                delay = left if delay is None else min(delay, left)
+            timer = None if delay is None else loop.call_later(delay, wake, future)
+            try:
+                await future
+            finally:
+                if timer is not None:
+                    timer.cancel()
+    except BaseException:
+        waiting.abandon(timed_out=False)
+        raise

@@ -1,0 +1,191 @@
+"""Sliding-window admission for the fake provider: pure bookkeeping, no I/O.
+
+Every method takes ``now`` (seconds, from ``time.monotonic()``) so the rules can be read and
+tested without a clock. An entry started at ``t`` counts while ``now < t + window``: a provider
+that allows ``limit`` per window never lets more than ``limit`` starts fall within any span
+shorter than ``window``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from dataclasses import dataclass
+from typing import Literal
+
+Reason = Literal["requests", "tokens", "concurrency", "quota"]
+
+
+class SlidingWindow:
+    """Amounts (1 per request, or a token count) started within the last ``window`` seconds."""
+
+    def __init__(self, window: float) -> None:
+        self._window = window
+        self._entries: deque[tuple[float, int]] = deque()
+        self._total = 0
+
+    @property
+    def total(self) -> int:
+        """Sum of the amounts still inside the window (call :meth:`prune` first)."""
+        return self._total
+
+    def prune(self, now: float) -> None:
+        """Forget entries whose window has passed at ``now``."""
+        while self._entries and self._entries[0][0] + self._window <= now:
+            self._total -= self._entries.popleft()[1]
+
+    def add(self, now: float, amount: int) -> None:
+        """Count ``amount`` as started at ``now``."""
+        self._entries.append((now, amount))
+        self._total += amount
+
+    def wait_until_fits(self, now: float, limit: int, amount: int) -> float | None:
+        """Seconds from ``now`` until ``amount`` more fits under ``limit``; None if it never can."""
+        if amount > limit:
+            return None
+        excess = self._total + amount - limit
+        if excess <= 0:
+            return 0.0
+        for started, entry_amount in self._entries:  # oldest first: they leave first
+            excess -= entry_amount
+            if excess <= 0:
+                return max(0.0, started + self._window - now)
+        return None  # pragma: no cover - an empty window always fits amount <= limit
+
+    def until_empty(self, now: float) -> float:
+        """Seconds from ``now`` until every entry has left the window (0 if none)."""
+        if not self._entries:
+            return 0.0
+        return max(0.0, self._entries[-1][0] + self._window - now)
+
+    def clear(self) -> None:
+        """Forget every entry."""
+        self._entries.clear()
+        self._total = 0
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The limits the fake provider enforces (None: unlimited). Times in seconds."""
+
+    rpm: int | None
+    tpm: int | None
+    max_concurrent: int | None
+    window: float
+    rejected_consume_quota: bool
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What a limit looked like at a decision, for the ``x-ratelimit-*`` headers."""
+
+    limit: int
+    remaining: int
+    reset: float  # seconds until the window is empty again
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The answer to one request's admission.
+
+    ``retry_in`` is the number of seconds until the same request could be accepted, or None
+    when it never can (larger than the token limit) or nobody can know.
+    """
+
+    accepted: bool
+    reason: Reason | None
+    retry_in: float | None
+    in_flight: int
+    used_requests: int
+    used_tokens: int
+    requests: Usage | None
+    tokens: Usage | None
+    ticket: int
+
+
+class Admission:
+    """Thread-safe admission: sliding windows for requests and tokens, plus in-flight count."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self._lock = threading.Lock()
+        self._requests = SlidingWindow(limits.window)
+        self._tokens = SlidingWindow(limits.window)
+        self._planned_ends: dict[int, float] = {}
+        self._next_ticket = 0
+        self.max_in_flight = 0
+
+    def admit(self, now: float, tokens: int, latency: float) -> Decision:
+        """Accept or reject a request of ``tokens`` tokens that will take ``latency`` seconds."""
+        with self._lock:
+            self._requests.prune(now)
+            self._tokens.prune(now)
+            used_requests, used_tokens = self._requests.total, self._tokens.total
+            in_flight = len(self._planned_ends)
+            reason, retry_in = self._check(now, tokens, in_flight)
+            self._next_ticket += 1
+            if reason is None:
+                self._requests.add(now, 1)
+                self._tokens.add(now, tokens)
+                self._planned_ends[self._next_ticket] = now + latency
+                self.max_in_flight = max(self.max_in_flight, in_flight + 1)
+            elif self.limits.rejected_consume_quota:
+                self._requests.add(now, 1)
+            return Decision(
+                accepted=reason is None,
+                reason=reason,
+                retry_in=retry_in,
+                in_flight=in_flight,
+                used_requests=used_requests,
+                used_tokens=used_tokens,
+                requests=self._usage(now, self.limits.rpm, self._requests),
+                tokens=self._usage(now, self.limits.tpm, self._tokens),
+                ticket=self._next_ticket,
+            )
+
+    @property
+    def in_flight(self) -> int:
+        """Accepted requests not yet released."""
+        with self._lock:
+            return len(self._planned_ends)
+
+    def release(self, ticket: int) -> None:
+        """The accepted request ``ticket`` has been answered: it is no longer in flight."""
+        with self._lock:
+            self._planned_ends.pop(ticket, None)
+
+    def reset(self) -> None:
+        """Empty both windows and the high-water mark (requests in flight stay in flight)."""
+        with self._lock:
+            self._requests.clear()
+            self._tokens.clear()
+            self.max_in_flight = len(self._planned_ends)
+
+    def _check(self, now: float, tokens: int, in_flight: int) -> tuple[Reason | None, float | None]:
+        # Order: a request too large for the token limit can never pass, so say so first (as
+        # OpenAI's "Request too large"); then requests, tokens and concurrency.
+        lim = self.limits
+        waits: list[float | None] = []
+        reason: Reason | None = None
+        if lim.tpm is not None:
+            wait = self._tokens.wait_until_fits(now, lim.tpm, tokens)
+            if wait is None:
+                return "tokens", None
+            waits.append(wait)
+            reason = "tokens" if wait > 0 else None
+        if lim.rpm is not None:
+            wait = self._requests.wait_until_fits(now, lim.rpm, 1)
+            waits.append(wait)
+            reason = "requests" if wait is not None and wait > 0 else reason
+        if reason is None and lim.max_concurrent is not None and in_flight >= lim.max_concurrent:
+            reason = "concurrency"
+            waits.append(max(0.0, min(self._planned_ends.values()) - now))
+        if reason is None:
+            return None, None
+        return reason, max((w for w in waits if w is not None), default=0.0)
+
+    @staticmethod
+    def _usage(now: float, limit: int | None, window: SlidingWindow) -> Usage | None:
+        if limit is None:
+            return None
+        return Usage(limit, max(0, limit - window.total), window.until_empty(now))

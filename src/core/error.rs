@@ -1,0 +1,53 @@
+//! Errors the core reports: small, typed, and naming the argument at fault.
+
+use std::fmt;
+
+/// A bad argument: which one, and why. Maps to Python's `ValueError`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidArgument {
+    /// The argument's name as the caller spelt it (`rpm`, `tokens`, `n`, ...).
+    pub name: &'static str,
+    /// What is wrong with it, as a sentence fragment after the name.
+    pub reason: String,
+}
+
+impl InvalidArgument {
+    /// A new error for argument `name`.
+    pub fn new(name: &'static str, reason: impl Into<String>) -> Self {
+        InvalidArgument { name, reason: reason.into() }
+    }
+}
+
+impl fmt::Display for InvalidArgument {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.name, self.reason)
+    }
+}
+
+impl std::error::Error for InvalidArgument {}
+
+/// Checks that a duration given in seconds is finite and `>= 0` (or `> 0` when `positive`).
+pub fn check_seconds(name: &'static str, secs: f64, positive: bool) -> Result<f64, InvalidArgument> {
+    if !secs.is_finite() {
+        return Err(InvalidArgument::new(name, format!("must be a finite number of seconds, got {secs}")));
+    }
+    if secs < 0.0 || (positive && secs == 0.0) {
+        let bound = if positive { "> 0" } else { ">= 0" };
+        return Err(InvalidArgument::new(name, format!("must be {bound} seconds, got {secs}")));
+    }
+    Ok(secs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_names_the_argument() {
+        let err = check_seconds("window", -1.0, true).unwrap_err();
+        assert_eq!(err.to_string(), "window must be > 0 seconds, got -1");
+        assert!(check_seconds("timeout", f64::NAN, false).is_err());
+        assert!(check_seconds("timeout", 0.0, false).is_ok());
+        assert!(check_seconds("window", 0.0, true).is_err());
+    }
+}

@@ -1,0 +1,310 @@
+//! The budget behind `Limiter`: a concurrency count, a requests budget and a tokens budget,
+//! granted together as one operation.
+//!
+//! `rpm=N` means what a user who copies N from a provider's dashboard expects: never more
+//! than N requests started in any window of `window` seconds (an exact [`SlidingWindow`]),
+//! spread evenly (a GCRA pacer on governor, one request every `window / N`, with `burst`
+//! back to back), and the whole budget usable (the window, not the pacer, is the cap, so
+//! utilisation reaches 100%). `tpm` is an exact window over tokens; one request may take all
+//! of it. The pacer never refunds; the windows do (`settle`, abandoned grants).
+
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use governor::middleware::NoOpMiddleware;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
+
+use super::clock::{nanos_of_secs, Clock, Nanos};
+use super::error::{check_seconds, InvalidArgument};
+use super::gate::{Check, Resource};
+use super::sliding_window::{Receipt, SlidingWindow};
+
+type Pacer = RateLimiter<NotKeyed, InMemoryState, Clock, NoOpMiddleware<Nanos>>;
+
+/// What a `Limiter` enforces. `None` means "no limit of that kind".
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LimiterConfig {
+    /// Permits out at once.
+    pub max_concurrent: Option<u64>,
+    /// Requests started per window.
+    pub rpm: Option<u64>,
+    /// Tokens per window.
+    pub tpm: Option<u64>,
+    /// The window, in seconds.
+    pub window: f64,
+    /// Requests that may start back to back (only with `rpm`).
+    pub burst: Option<u32>,
+}
+
+impl LimiterConfig {
+    /// Validates the arguments. `burst` defaults to about one second's share of `rpm`
+    /// (`round(rpm / window)`, at least 1, at most `rpm`).
+    ///
+    /// # Errors
+    /// [`InvalidArgument`] naming the argument at fault.
+    pub fn new(
+        max_concurrent: Option<u64>,
+        rpm: Option<u64>,
+        tpm: Option<u64>,
+        window: f64,
+        burst: Option<u64>,
+    ) -> Result<Self, InvalidArgument> {
+        check_seconds("window", window, true)?;
+        for (name, value) in [("max_concurrent", max_concurrent), ("rpm", rpm), ("tpm", tpm)] {
+            if value == Some(0) {
+                return Err(InvalidArgument::new(name, "must be >= 1 (or None for no limit), got 0"));
+            }
+        }
+        if rpm.is_some_and(|rpm| nanos_of_secs(window) / rpm == 0) {
+            return Err(InvalidArgument::new("rpm", "is too high for the window: more than one request per nanosecond"));
+        }
+        let burst = match (rpm, burst) {
+            (None, None) => None,
+            (None, Some(_)) => return Err(InvalidArgument::new("burst", "only applies with rpm")),
+            (Some(rpm), None) => Some(((rpm as f64 / window).round() as u64).clamp(1, rpm)),
+            (Some(_), Some(0)) => return Err(InvalidArgument::new("burst", "must be >= 1, got 0")),
+            (Some(rpm), Some(b)) if b > rpm => {
+                return Err(InvalidArgument::new("burst", format!("must be at most rpm ({rpm}), got {b}")))
+            }
+            (Some(_), Some(b)) => Some(b),
+        };
+        let burst = burst
+            .map(u32::try_from)
+            .transpose()
+            .map_err(|_| InvalidArgument::new("burst", format!("must be at most {}", u32::MAX)))?;
+        Ok(LimiterConfig { max_concurrent, rpm, tpm, window, burst })
+    }
+
+    /// The window in nanoseconds.
+    pub fn window_ns(&self) -> u64 {
+        nanos_of_secs(self.window)
+    }
+
+    /// Nanoseconds between two paced requests (`window / rpm`).
+    pub fn pacing_interval_ns(&self) -> Option<u64> {
+        self.rpm.map(|rpm| self.window_ns() / rpm)
+    }
+
+    fn pacer(&self, clock: &Clock) -> Option<Pacer> {
+        let interval = Duration::from_nanos(self.pacing_interval_ns()?.max(1));
+        let burst = NonZeroU32::new(self.burst.unwrap_or(1)).unwrap_or(NonZeroU32::MIN);
+        let quota = Quota::with_period(interval)?.allow_burst(burst);
+        Some(RateLimiter::direct_with_clock(quota, clock.clone()))
+    }
+}
+
+/// What a caller asks a limiter for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LimiterRequest {
+    /// Tokens to reserve (0 when the call's size is unknown or `tpm` is not limited).
+    pub tokens: u64,
+    /// Taken by `with limiter:`: all such grants are alike, and `__exit__` releases any one
+    /// of them through [`LimiterBudget::release_anonymous`].
+    pub anonymous: bool,
+}
+
+/// What a granted request owns: one concurrency slot and its reserved tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimiterGrant {
+    generation: u64,
+    request: Option<Receipt>,
+    tokens: Option<Receipt>,
+    /// Tokens currently charged for this grant (reserved, then corrected by `settle`).
+    pub charged: u64,
+}
+
+/// Live figures for `stats()`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LimiterFigures {
+    /// Permits out now.
+    pub in_flight: u64,
+    /// Tokens charged in total (reservations corrected by settles).
+    pub tokens_granted: u64,
+    /// Requests counted in the current window (with `rpm`).
+    pub requests_in_window: Option<u64>,
+    /// Tokens counted in the current window (with `tpm`).
+    pub tokens_in_window: Option<u64>,
+}
+
+/// The state of a limiter.
+pub struct LimiterBudget {
+    config: LimiterConfig,
+    in_flight: u64,
+    /// Permits taken by `with limiter:` (all alike: no tokens), released by `__exit__`.
+    anonymous: u64,
+    requests: Option<SlidingWindow>,
+    pacer: Option<Pacer>,
+    tokens: Option<SlidingWindow>,
+    paused_until: Nanos,
+    /// Bumped in a forked child: grants made before the fork no longer count there.
+    generation: u64,
+    tokens_granted: u64,
+}
+
+impl LimiterBudget {
+    /// A limiter with nothing in flight and empty windows.
+    pub fn new(config: LimiterConfig, clock: Clock) -> Self {
+        let window = config.window_ns();
+        LimiterBudget {
+            requests: config.rpm.map(|rpm| SlidingWindow::new(rpm, window)),
+            pacer: config.pacer(&clock),
+            tokens: config.tpm.map(|tpm| SlidingWindow::new(tpm, window)),
+            config,
+            in_flight: 0,
+            anonymous: 0,
+            paused_until: Nanos::new(0),
+            generation: 0,
+            tokens_granted: 0,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &LimiterConfig {
+        &self.config
+    }
+
+    /// Ends a grant's hold on its concurrency slot (its tokens stay spent).
+    pub fn release(&mut self, grant: &LimiterGrant) {
+        if grant.generation == self.generation {
+            self.in_flight = self.in_flight.saturating_sub(1);
+        }
+    }
+
+    /// Releases one anonymous grant; false if there is none (e.g. taken before a fork).
+    pub fn release_anonymous(&mut self) -> bool {
+        if self.anonymous == 0 {
+            return false;
+        }
+        self.anonymous -= 1;
+        self.in_flight = self.in_flight.saturating_sub(1);
+        true
+    }
+
+    /// Corrects the tokens charged for `grant` to `actual`: refunds the difference to the
+    /// grant's own window entry, or charges the excess now.
+    pub fn settle(&mut self, grant: &mut LimiterGrant, actual: u64, now: Nanos) {
+        if grant.generation != self.generation {
+            return;
+        }
+        if let Some(tokens) = &mut self.tokens {
+            if actual < grant.charged {
+                if let Some(receipt) = grant.tokens {
+                    tokens.refund(receipt, grant.charged - actual);
+                }
+            } else if actual > grant.charged {
+                grant.tokens = Some(tokens.record(actual - grant.charged, now));
+            }
+        }
+        self.tokens_granted = self.tokens_granted.saturating_sub(grant.charged).saturating_add(actual);
+        grant.charged = actual;
+    }
+
+    /// Grants nothing before `now + seconds`.
+    pub fn pause(&mut self, now: Nanos, seconds: f64) {
+        let until = now + Nanos::new(nanos_of_secs(seconds));
+        self.paused_until = self.paused_until.max(until);
+    }
+
+    /// The end of the pause in force at `now`, if any.
+    pub fn paused_until(&self, now: Nanos) -> Option<Nanos> {
+        (self.paused_until > now).then_some(self.paused_until)
+    }
+
+    /// Live figures at `now`.
+    pub fn figures(&mut self, now: Nanos) -> LimiterFigures {
+        LimiterFigures {
+            in_flight: self.in_flight,
+            tokens_granted: self.tokens_granted,
+            requests_in_window: self.requests.as_mut().map(|w| w.used(now)),
+            tokens_in_window: self.tokens.as_mut().map(|w| w.used(now)),
+        }
+    }
+
+    /// The first instant at which the windows and the pause allow `tokens` more.
+    fn rate_ready_at(&mut self, tokens: u64, now: Nanos) -> Nanos {
+        let mut ready = self.paused_until.max(now);
+        if let Some(requests) = &mut self.requests {
+            ready = ready.max(requests.earliest(1, now).unwrap_or(ready));
+        }
+        if let (Some(window), true) = (&mut self.tokens, tokens > 0) {
+            ready = ready.max(window.earliest(tokens, now).unwrap_or(ready));
+        }
+        ready
+    }
+}
+
+impl Resource for LimiterBudget {
+    type Request = LimiterRequest;
+    type Grant = LimiterGrant;
+
+    fn validate(&self, request: &LimiterRequest) -> Result<(), InvalidArgument> {
+        let tokens = request.tokens;
+        match self.config.tpm {
+            Some(tpm) if tokens > tpm => Err(InvalidArgument::new(
+                "tokens",
+                format!("is {tokens}, more than tpm ({tpm}): it could never be granted"),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn try_take(&mut self, request: &LimiterRequest, now: Nanos) -> Check<LimiterGrant> {
+        let tokens = &request.tokens;
+        if self.config.max_concurrent.is_some_and(|max| self.in_flight >= max) {
+            return Check::WaitForRelease;
+        }
+        let ready = self.rate_ready_at(*tokens, now);
+        if ready > now {
+            return Check::RetryAt(ready);
+        }
+        if let Some(pacer) = &self.pacer {
+            if let Err(not_until) = pacer.check() {
+                return Check::RetryAt(not_until.earliest_possible());
+            }
+        }
+        self.in_flight += 1;
+        self.anonymous += u64::from(request.anonymous);
+        self.tokens_granted = self.tokens_granted.saturating_add(*tokens);
+        let request = self.requests.as_mut().map(|w| w.record(1, now));
+        let token_receipt = match (&mut self.tokens, *tokens) {
+            (Some(window), t) if t > 0 => Some(window.record(t, now)),
+            _ => None,
+        };
+        Check::Granted(LimiterGrant { generation: self.generation, request, tokens: token_receipt, charged: *tokens })
+    }
+
+    fn give_back(&mut self, grant: LimiterGrant, _now: Nanos) {
+        // Granted but never used (its waiter gave up at that very moment): refund the windows.
+        // The pacer cannot refund, which only spaces later requests a little more.
+        if grant.generation != self.generation {
+            return;
+        }
+        self.in_flight = self.in_flight.saturating_sub(1);
+        self.tokens_granted = self.tokens_granted.saturating_sub(grant.charged);
+        if let (Some(window), Some(receipt)) = (&mut self.requests, grant.request) {
+            window.refund(receipt, 1);
+        }
+        if let (Some(window), Some(receipt)) = (&mut self.tokens, grant.tokens) {
+            window.refund(receipt, grant.charged);
+        }
+    }
+
+    fn after_fork_in_child(&mut self, intact: bool) {
+        self.generation += 1;
+        self.in_flight = 0;
+        self.anonymous = 0;
+        if !intact {
+            // Possibly half-written windows: leak them and start empty. The pacer is one
+            // atomic word, never half-written, so the child keeps the pace it inherited.
+            let window = self.config.window_ns();
+            let requests = self.config.rpm.map(|rpm| SlidingWindow::new(rpm, window));
+            let tokens = self.config.tpm.map(|tpm| SlidingWindow::new(tpm, window));
+            std::mem::forget(std::mem::replace(&mut self.requests, requests));
+            std::mem::forget(std::mem::replace(&mut self.tokens, tokens));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

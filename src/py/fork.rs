@@ -1,0 +1,39 @@
+//! `os.register_at_fork` hooks (installed by `crewthrottle/__init__.py`) and registration of
+//! every gate, so a forked child forgets the parent's other threads.
+
+use std::sync::{Arc, Weak};
+
+use pyo3::prelude::*;
+
+use crate::core::fork::{self, AfterFork};
+use crate::core::gate::{Gate, Resource};
+
+/// Makes a gate and registers it for resetting in forked children.
+pub fn new_gate<R: Resource>(py: Python<'_>, gate: Gate<R>) -> Arc<Gate<R>> {
+    let gate = Arc::new(gate);
+    let weak: Weak<dyn AfterFork> = Arc::downgrade(&gate) as Weak<dyn AfterFork>;
+    // Detached: between `_before_fork` and the fork itself the registry is held, and the
+    // forking thread may need the GIL back to get there.
+    py.detach(|| fork::register(weak));
+    gate
+}
+
+/// Runs just before `os.fork()`.
+#[pyfunction]
+pub fn _before_fork(py: Python<'_>) {
+    py.detach(fork::before_fork);
+}
+
+/// Runs in the parent after `os.fork()`.
+#[pyfunction]
+pub fn _after_fork_in_parent() {
+    fork::after_fork_in_parent();
+}
+
+/// Runs in the child after `os.fork()`.
+#[pyfunction]
+pub fn _after_fork_in_child() {
+    // SAFETY: Python calls `after_in_child` hooks in the child right after fork, while it
+    // has a single thread.
+    unsafe { fork::after_fork_in_child() };
+}

@@ -1,0 +1,11 @@
+//! The thin PyO3 layer: argument conversion, GIL-released waiting, error mapping.
+
+pub mod args;
+pub mod errors;
+pub mod fork;
+pub mod limiter;
+pub mod permit;
+pub mod semaphore;
+pub mod stats;
+pub mod token_bucket;
+pub mod wait;

@@ -1,0 +1,141 @@
+//! `Semaphore` and `BoundedSemaphore`: drop-in replacements for `threading`'s, which also
+//! serve any number of event loops (`async with`, `acquire_async`).
+
+use std::sync::Arc;
+
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyType};
+
+use super::args;
+use super::fork::new_gate;
+use super::stats::gate_stats;
+use super::wait::{self, AsyncOutcome};
+use crate::core::clock::Clock;
+use crate::core::gate::Gate;
+use crate::core::semaphore::SemaphoreCount;
+
+/// A counting semaphore shared by threads and event loops; waiters are served in order.
+#[pyclass(module = "crewthrottle", name = "Semaphore", frozen, subclass)]
+pub struct Semaphore {
+    gate: Arc<Gate<SemaphoreCount>>,
+}
+
+struct Flag;
+
+impl AsyncOutcome<SemaphoreCount> for Flag {
+    fn granted(&self, py: Python<'_>, _grant: ()) -> PyResult<Py<PyAny>> {
+        Ok(true.into_pyobject(py)?.to_owned().into_any().unbind())
+    }
+
+    fn timed_out(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        Ok(false.into_pyobject(py)?.to_owned().into_any().unbind())
+    }
+}
+
+impl Semaphore {
+    fn with_count(py: Python<'_>, value: Option<&Bound<'_, PyAny>>, bounded: bool) -> PyResult<Self> {
+        let value = match value.map(|v| args::count(v, "value", 0)) {
+            None => 1,
+            Some(Err(err)) if err.is_instance_of::<PyValueError>(py) => {
+                return Err(PyValueError::new_err("semaphore initial value must be >= 0"))
+            }
+            Some(other) => other?,
+        };
+        let gate = Gate::new(SemaphoreCount::new(value, bounded), Clock::monotonic());
+        Ok(Semaphore { gate: new_gate(py, gate) })
+    }
+}
+
+#[pymethods]
+impl Semaphore {
+    #[new]
+    #[pyo3(signature = (value = None))]
+    fn new(py: Python<'_>, value: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
+        Semaphore::with_count(py, value, false)
+    }
+
+    /// Takes a permit; see `threading.Semaphore.acquire`.
+    #[pyo3(signature = (blocking = true, timeout = None))]
+    fn acquire(&self, py: Python<'_>, blocking: bool, timeout: Option<&Bound<'_, PyAny>>) -> PyResult<bool> {
+        if !blocking {
+            if timeout.is_some_and(|t| !t.is_none()) {
+                return Err(PyValueError::new_err("can't specify timeout for non-blocking acquire"));
+            }
+            return Ok(self.gate.try_acquire(())?.is_some());
+        }
+        let timeout = args::timeout(timeout)?;
+        Ok(wait::block_on(py, &self.gate, (), timeout)?.is_some())
+    }
+
+    /// Awaits a permit; returns False if `timeout` seconds pass first.
+    #[pyo3(signature = (timeout = None))]
+    fn acquire_async(&self, py: Python<'_>, timeout: Option<&Bound<'_, PyAny>>) -> PyResult<Py<PyAny>> {
+        let timeout = args::timeout(timeout)?;
+        wait::acquire_async(py, &self.gate, (), timeout, Flag)
+    }
+
+    /// Gives back `n` permits; a `BoundedSemaphore` refuses to pass its initial value.
+    #[pyo3(signature = (n = None))]
+    fn release(&self, n: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+        let n = match n {
+            Some(n) => args::count(n, "n", 1).map_err(|_| PyValueError::new_err("n must be one or more"))?,
+            None => 1,
+        };
+        Ok(self.gate.with_resource(|count, _| count.release(n))?)
+    }
+
+    fn __enter__(&self, py: Python<'_>) -> PyResult<bool> {
+        self.acquire(py, true, None)
+    }
+
+    fn __exit__(&self, _exc_type: &Bound<'_, PyAny>, _exc: &Bound<'_, PyAny>, _tb: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.gate.with_resource(|count, _| count.release(1)).map_err(PyErr::from)
+    }
+
+    fn __aenter__(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        self.acquire_async(py, None)
+    }
+
+    fn __aexit__(&self, py: Python<'_>, _exc_type: &Bound<'_, PyAny>, _exc: &Bound<'_, PyAny>, _tb: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        self.gate.with_resource(|count, _| count.release(1))?;
+        wait::ready(py, py.None())
+    }
+
+    /// Counters: waiting, acquired, timeouts, cancelled, total_wait, max_wait (seconds).
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let (counters, waiting, value) = self.gate.inspect(|count, counters, waiting, _| (*counters, waiting, count.value()));
+        let stats = gate_stats(py, &counters, waiting)?;
+        stats.set_item("value", value)?;
+        Ok(stats)
+    }
+
+    fn __repr__(slf: &Bound<'_, Self>) -> PyResult<String> {
+        let (value, bound) = slf.get().gate.inspect(|count, _, _, _| (count.value(), count.bound()));
+        let cls = slf.get_type();
+        let value = match bound {
+            Some(bound) => format!("{value}/{bound}"),
+            None => value.to_string(),
+        };
+        Ok(format!("<{} at {:#x}: value={value}>", qualified_name(&cls)?, slf.as_ptr() as usize))
+    }
+}
+
+/// `module.QualName`, as threading's reprs show classes.
+pub fn qualified_name(cls: &Bound<'_, PyType>) -> PyResult<String> {
+    Ok(format!("{}.{}", cls.module()?, cls.qualname()?))
+}
+
+/// A semaphore that refuses to be released above its initial value.
+#[pyclass(module = "crewthrottle", name = "BoundedSemaphore", frozen, extends = Semaphore, subclass)]
+pub struct BoundedSemaphore;
+
+#[pymethods]
+impl BoundedSemaphore {
+    #[new]
+    #[pyo3(signature = (value = None))]
+    fn new(py: Python<'_>, value: Option<&Bound<'_, PyAny>>) -> PyResult<PyClassInitializer<Self>> {
+        let base = Semaphore::with_count(py, value, true)?;
+        Ok(PyClassInitializer::from(base).add_subclass(BoundedSemaphore))
+    }
+}

@@ -1,0 +1,122 @@
+//! `TokenBucket`: a GCRA bucket (governor) with fair, GIL-releasing waits.
+
+use std::sync::Arc;
+
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+use super::args;
+use super::fork::new_gate;
+use super::semaphore::qualified_name;
+use super::stats::gate_stats;
+use super::wait::{self, AsyncOutcome};
+use crate::core::clock::Clock;
+use crate::core::gate::Gate;
+use crate::core::token_bucket::{BucketConfig, TokenBucketBudget};
+
+/// `rate` tokens every `per` seconds, at most `burst` at once; waiters served in order.
+#[pyclass(module = "crewthrottle", name = "TokenBucket", frozen)]
+pub struct TokenBucket {
+    gate: Arc<Gate<TokenBucketBudget>>,
+    config: BucketConfig,
+}
+
+struct Flag;
+
+impl AsyncOutcome<TokenBucketBudget> for Flag {
+    fn granted(&self, py: Python<'_>, _grant: ()) -> PyResult<Py<PyAny>> {
+        Ok(true.into_pyobject(py)?.to_owned().into_any().unbind())
+    }
+
+    fn timed_out(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        Ok(false.into_pyobject(py)?.to_owned().into_any().unbind())
+    }
+}
+
+fn tokens(n: &Bound<'_, PyAny>) -> PyResult<u32> {
+    let n = args::count(n, "n", 1)?;
+    u32::try_from(n).map_err(|_| PyValueError::new_err(format!("n is too large: {n}")))
+}
+
+#[pymethods]
+impl TokenBucket {
+    #[new]
+    #[pyo3(signature = (rate, per = None, burst = None))]
+    fn new(py: Python<'_>, rate: &Bound<'_, PyAny>, per: Option<&Bound<'_, PyAny>>, burst: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
+        let rate = args::number(rate, "rate")?;
+        let per = match per {
+            Some(per) => args::seconds(per, "per", true)?,
+            None => 1.0,
+        };
+        let burst = args::optional_count(burst, "burst", 1)?;
+        let config = BucketConfig::new(rate, per, burst)?;
+        let clock = Clock::monotonic();
+        let gate = Gate::new(TokenBucketBudget::new(config, clock.clone()), clock);
+        Ok(TokenBucket { gate: new_gate(py, gate), config })
+    }
+
+    /// Takes `n` tokens, waiting (GIL released) unless `blocking` is False.
+    #[pyo3(signature = (n = None, blocking = true, timeout = None))]
+    fn acquire(&self, py: Python<'_>, n: Option<&Bound<'_, PyAny>>, blocking: bool, timeout: Option<&Bound<'_, PyAny>>) -> PyResult<bool> {
+        let n = n.map(tokens).transpose()?.unwrap_or(1);
+        if !blocking {
+            if timeout.is_some_and(|t| !t.is_none()) {
+                return Err(PyValueError::new_err("can't specify timeout for non-blocking acquire"));
+            }
+            return Ok(self.gate.try_acquire(n)?.is_some());
+        }
+        let timeout = args::timeout(timeout)?;
+        Ok(wait::block_on(py, &self.gate, n, timeout)?.is_some())
+    }
+
+    /// Takes `n` tokens if they are available now and nobody is waiting.
+    #[pyo3(signature = (n = None))]
+    fn try_acquire(&self, n: Option<&Bound<'_, PyAny>>) -> PyResult<bool> {
+        let n = n.map(tokens).transpose()?.unwrap_or(1);
+        Ok(self.gate.try_acquire(n)?.is_some())
+    }
+
+    /// Awaits `n` tokens; False if `timeout` seconds pass first.
+    #[pyo3(signature = (n = None, timeout = None))]
+    fn acquire_async(&self, py: Python<'_>, n: Option<&Bound<'_, PyAny>>, timeout: Option<&Bound<'_, PyAny>>) -> PyResult<Py<PyAny>> {
+        let n = n.map(tokens).transpose()?.unwrap_or(1);
+        let timeout = args::timeout(timeout)?;
+        wait::acquire_async(py, &self.gate, n, timeout, Flag)
+    }
+
+    /// Grants nothing for `seconds` (a provider said Retry-After); a longer pause wins.
+    fn pause(&self, seconds: &Bound<'_, PyAny>) -> PyResult<()> {
+        let seconds = args::seconds(seconds, "seconds", false)?;
+        self.gate.with_resource(|bucket, now| bucket.pause(now, seconds));
+        Ok(())
+    }
+
+    #[getter]
+    fn rate(&self) -> f64 {
+        self.config.rate
+    }
+
+    #[getter]
+    fn per(&self) -> f64 {
+        self.config.per
+    }
+
+    #[getter]
+    fn burst(&self) -> u32 {
+        self.config.burst
+    }
+
+    /// Counters: waiting, acquired, timeouts, cancelled, total_wait, max_wait (seconds).
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let (counters, waiting) = self.gate.inspect(|_, counters, waiting, _| (*counters, waiting));
+        gate_stats(py, &counters, waiting)
+    }
+
+    fn __repr__(slf: &Bound<'_, Self>) -> PyResult<String> {
+        let BucketConfig { rate, per, burst } = slf.get().config;
+        let waiting = slf.get().gate.inspect(|_, _, waiting, _| waiting);
+        let cls = qualified_name(&slf.get_type())?;
+        Ok(format!("<{cls} rate={rate} per={per} burst={burst}: waiting={waiting}>"))
+    }
+}

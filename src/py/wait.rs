@@ -1,0 +1,255 @@
+//! The one place that waits. Threads park with the GIL released (in slices on the main
+//! thread, so Ctrl-C is seen); event loops await a future that the gate's waker resolves
+//! through `loop.call_soon_threadsafe`, with a loop timer only for the head of the queue.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Wake, Waker};
+use std::thread::{self, Thread};
+use std::time::{Duration, Instant};
+
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::PyTuple;
+
+use super::errors::lost_ticket;
+use crate::core::clock::Nanos;
+use crate::core::gate::{Abandon, Acquired, Gate, Polled, Resource, Ticket};
+
+/// How often a waiter on the main thread looks for signals (Ctrl-C).
+const SIGNAL_SLICE: Duration = Duration::from_millis(50);
+
+struct ThreadWaker(Thread);
+
+impl Wake for ThreadWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+enum Step<G> {
+    Granted(G),
+    TimedOut,
+    CheckSignals,
+    Lost,
+}
+
+/// Waits on the calling thread for `request`; `Ok(None)` when `timeout` (seconds) passes.
+///
+/// # Errors
+/// `ValueError` for a request that can never be granted; `KeyboardInterrupt` (or whatever a
+/// signal handler raises) while waiting on the main thread, with nothing left held.
+pub fn block_on<R: Resource>(
+    py: Python<'_>,
+    gate: &Gate<R>,
+    request: R::Request,
+    timeout: Option<f64>,
+) -> PyResult<Option<R::Grant>> {
+    let ticket = match gate.acquire(request)? {
+        Acquired::Now(grant) => return Ok(Some(grant)),
+        Acquired::Queued(ticket) => ticket,
+    };
+    let deadline = timeout.and_then(|t| Instant::now().checked_add(Duration::from_secs_f64(t)));
+    let slice = if is_main_thread(py)? { Some(SIGNAL_SLICE) } else { None };
+    let waker = Waker::from(Arc::new(ThreadWaker(thread::current())));
+    loop {
+        match py.detach(|| park_until_step(gate, ticket, &waker, deadline, slice)) {
+            Step::Granted(grant) => return Ok(Some(grant)),
+            Step::TimedOut => {
+                gate.abandon(ticket, Abandon::Timeout);
+                return Ok(None);
+            }
+            Step::CheckSignals => {
+                if let Err(err) = py.check_signals() {
+                    gate.abandon(ticket, Abandon::Cancelled);
+                    return Err(err);
+                }
+            }
+            Step::Lost => return Err(lost_ticket()),
+        }
+    }
+}
+
+fn park_until_step<R: Resource>(
+    gate: &Gate<R>,
+    ticket: Ticket,
+    waker: &Waker,
+    deadline: Option<Instant>,
+    slice: Option<Duration>,
+) -> Step<R::Grant> {
+    let slice_end = slice.map(|s| Instant::now() + s);
+    loop {
+        let retry_at = match gate.poll(ticket, waker) {
+            Polled::Ready(grant) => return Step::Granted(grant),
+            Polled::Pending(at) => at,
+            Polled::Unknown => return Step::Lost,
+        };
+        let now = Instant::now();
+        if deadline.is_some_and(|d| now >= d) {
+            return Step::TimedOut;
+        }
+        if slice_end.is_some_and(|e| now >= e) {
+            return Step::CheckSignals;
+        }
+        let retry = retry_at.map(|at| now + until(gate, at));
+        match [deadline, slice_end, retry].into_iter().flatten().min() {
+            Some(wake_at) => thread::park_timeout(wake_at.saturating_duration_since(now)),
+            None => thread::park(),
+        }
+    }
+}
+
+/// Time from the gate's `now` until `at`.
+fn until<R: Resource>(gate: &Gate<R>, at: Nanos) -> Duration {
+    Duration::from_nanos(at.as_u64().saturating_sub(gate.clock().now().as_u64()))
+}
+
+fn is_main_thread(py: Python<'_>) -> PyResult<bool> {
+    static THREADING: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
+    let threading = THREADING.get_or_try_init(py, || py.import("threading").map(Bound::unbind))?.bind(py);
+    let main_ident = threading.call_method0("main_thread")?.getattr("ident")?;
+    Ok(threading.call_method0("get_ident")?.eq(main_ident)?)
+}
+
+/// `crewthrottle._waiting`, the Python half of async waiting.
+pub fn waiting_module(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
+    static WAITING: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
+    Ok(WAITING.get_or_try_init(py, || py.import("crewthrottle._waiting").map(Bound::unbind))?.bind(py))
+}
+
+/// An awaitable that is already done: `value`.
+pub fn ready(py: Python<'_>, value: Py<PyAny>) -> PyResult<Py<PyAny>> {
+    Ok(waiting_module(py)?.call_method1("ready", (value,))?.unbind())
+}
+
+/// Wakes an asyncio future from any thread: `loop.call_soon_threadsafe(_wake, fut)`.
+struct LoopWaker {
+    call_soon_threadsafe: Py<PyAny>,
+    wake: Py<PyAny>,
+    future: Py<PyAny>,
+}
+
+impl Wake for LoopWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        Python::attach(|py| {
+            // A closed loop cannot be woken; its task is cancelled or collected, and then
+            // abandons its ticket.
+            let _ = self.call_soon_threadsafe.call1(py, (self.wake.clone_ref(py), self.future.clone_ref(py)));
+        });
+    }
+}
+
+/// What an async wait turns its grant into, and what it answers on timeout.
+pub trait AsyncOutcome<R: Resource>: Send + Sync + 'static {
+    /// The awaited result for a grant.
+    fn granted(&self, py: Python<'_>, grant: R::Grant) -> PyResult<Py<PyAny>>;
+    /// The awaited result on timeout (or the exception to raise).
+    fn timed_out(&self, py: Python<'_>) -> PyResult<Py<PyAny>>;
+}
+
+/// One queued async acquisition, driven by `crewthrottle._waiting.wait`.
+pub trait AsyncWait: Send + Sync {
+    /// `(True, result)` once granted, else `(False, seconds until the next poll or None)`.
+    fn poll<'py>(&self, py: Python<'py>, event_loop: &Bound<'py, PyAny>, future: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyTuple>>;
+    /// Gives up: on timeout returns (or raises) the timed-out result.
+    fn abandon(&self, py: Python<'_>, timed_out: bool) -> PyResult<Py<PyAny>>;
+}
+
+/// The [`AsyncWait`] of a ticket on a gate.
+pub struct GateWait<R: Resource, O: AsyncOutcome<R>> {
+    gate: Arc<Gate<R>>,
+    ticket: Ticket,
+    finished: AtomicBool,
+    outcome: O,
+}
+
+impl<R: Resource, O: AsyncOutcome<R>> GateWait<R, O> {
+    fn finish(&self) -> bool {
+        !self.finished.swap(true, Ordering::AcqRel)
+    }
+}
+
+impl<R: Resource, O: AsyncOutcome<R>> AsyncWait for GateWait<R, O> {
+    fn poll<'py>(&self, py: Python<'py>, event_loop: &Bound<'py, PyAny>, future: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyTuple>> {
+        let waker = Waker::from(Arc::new(LoopWaker {
+            call_soon_threadsafe: event_loop.getattr("call_soon_threadsafe")?.unbind(),
+            wake: waiting_module(py)?.getattr("wake")?.unbind(),
+            future: future.clone().unbind(),
+        }));
+        match self.gate.poll(self.ticket, &waker) {
+            Polled::Ready(grant) => {
+                self.finished.store(true, Ordering::Release);
+                let result = self.outcome.granted(py, grant)?;
+                PyTuple::new(py, [true.into_pyobject(py)?.to_owned().into_any(), result.into_bound(py)])
+            }
+            Polled::Pending(at) => {
+                let delay = at.map(|at| until(&self.gate, at).as_secs_f64());
+                PyTuple::new(py, [false.into_pyobject(py)?.to_owned().into_any(), delay.into_pyobject(py)?.into_any()])
+            }
+            Polled::Unknown => Err(lost_ticket()),
+        }
+    }
+
+    fn abandon(&self, py: Python<'_>, timed_out: bool) -> PyResult<Py<PyAny>> {
+        if self.finish() {
+            let why = if timed_out { Abandon::Timeout } else { Abandon::Cancelled };
+            self.gate.abandon(self.ticket, why);
+        }
+        if timed_out {
+            self.outcome.timed_out(py)
+        } else {
+            Ok(py.None())
+        }
+    }
+}
+
+impl<R: Resource, O: AsyncOutcome<R>> Drop for GateWait<R, O> {
+    fn drop(&mut self) {
+        // A wait dropped unfinished (its coroutine collected unawaited): nothing may leak.
+        if self.finish() {
+            self.gate.abandon(self.ticket, Abandon::Cancelled);
+        }
+    }
+}
+
+/// A queued async acquisition, as Python sees it (private: used by `_waiting.wait`).
+#[pyclass(module = "crewthrottle._native", name = "_Waiting", frozen)]
+pub struct Waiting(Box<dyn AsyncWait>);
+
+#[pymethods]
+impl Waiting {
+    fn poll<'py>(&self, py: Python<'py>, event_loop: &Bound<'py, PyAny>, future: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyTuple>> {
+        self.0.poll(py, event_loop, future)
+    }
+
+    #[pyo3(signature = (*, timed_out))]
+    fn abandon(&self, py: Python<'_>, timed_out: bool) -> PyResult<Py<PyAny>> {
+        self.0.abandon(py, timed_out)
+    }
+}
+
+/// Starts an async acquisition: an awaitable of the result, ready at once if granted now.
+pub fn acquire_async<R: Resource, O: AsyncOutcome<R>>(
+    py: Python<'_>,
+    gate: &Arc<Gate<R>>,
+    request: R::Request,
+    timeout: Option<f64>,
+    outcome: O,
+) -> PyResult<Py<PyAny>> {
+    match gate.acquire(request)? {
+        Acquired::Now(grant) => ready(py, outcome.granted(py, grant)?),
+        Acquired::Queued(ticket) => {
+            let wait = GateWait { gate: Arc::clone(gate), ticket, finished: AtomicBool::new(false), outcome };
+            let waiting = Py::new(py, Waiting(Box::new(wait)))?;
+            Ok(waiting_module(py)?.call_method1("wait", (waiting, timeout))?.unbind())
+        }
+    }
+}
