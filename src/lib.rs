@@ -19,5 +19,5 @@ mod _native {
     #[pymodule_export]
     use crate::py::token_bucket::TokenBucket;
     #[pymodule_export]
-    use crate::py::wait::Waiting;
+    use crate::py::wait::{Acquisition, Waiting};
 }

@@ -20,6 +20,7 @@ import openai
 import pytest
 from crewthrottle.testing import FakeProvider, RequestRecord, format_duration
 from crewthrottle.testing import _stats as stats
+from crewthrottle.testing._limits import Admission, Limits
 
 pytest_plugins = ["crewthrottle.testing.pytest_plugin", "pytester"]
 
@@ -330,6 +331,32 @@ def test_insufficient_quota(http: httpx.Client) -> None:
         assert chat(http, provider).status_code == 200
     assert [r.reason for r in provider.log] == ["quota", "quota", None]
     assert provider.count(status=429, reason="quota") == 2
+
+
+def test_admission_rules_with_a_fake_clock() -> None:
+    limits = Limits(rpm=2, tpm=100, max_concurrent=None, window=1.0, rejected_consume_quota=False)
+    admission = Admission(limits)
+    assert admission.admit(0.0, 30, 0.0).accepted
+    assert admission.admit(0.5, 50, 0.0).accepted
+    refused = admission.admit(0.6, 10, 0.0)
+    assert (refused.reason, refused.retry_in, refused.used_requests) == ("requests", 0.4, 2)
+    assert refused.requests is not None and refused.requests.reset == pytest.approx(0.9)
+    assert admission.admit(1.0, 10, 0.0).accepted  # the start at 0.0 has just left
+    both = admission.admit(1.2, 45, 0.0)  # 2 requests and 50 + 10 + 45 tokens until 1.5
+    assert both.reason == "requests" and both.retry_in == pytest.approx(0.3)
+    too_large = admission.admit(1.2, 101, 0.0)
+    assert (too_large.reason, too_large.retry_in) == ("tokens", None)
+    assert admission.admit(1.5, 45, 0.0).accepted
+    assert admission.max_in_flight == 4  # latency 0, but nothing released them
+
+    tokens_only = Admission(
+        Limits(rpm=None, tpm=100, max_concurrent=None, window=1.0, rejected_consume_quota=True)
+    )
+    assert tokens_only.admit(0.0, 60, 0.0).accepted and tokens_only.admit(0.2, 30, 0.0).accepted
+    refused = tokens_only.admit(0.3, 50, 0.0)  # fits once the 60 at 0.0 has left
+    assert (refused.reason, refused.retry_in, refused.used_tokens) == ("tokens", 0.7, 90)
+    assert refused.tokens is not None and refused.tokens.remaining == 10
+    assert tokens_only.admit(0.3, 10, 0.0).accepted
 
 
 # -- log figures -------------------------------------------------------------------------------

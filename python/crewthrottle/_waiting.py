@@ -25,6 +25,14 @@ async def ready(value: T) -> T:
     return value
 
 
+async def acquire(acquisition: Any, timeout: float | None) -> Any:
+    """Join the queue now (at the first step), then wait if not granted at once."""
+    done, value = acquisition.start()
+    if done:
+        return value
+    return await wait(value, timeout)
+
+
 async def wait(waiting: Any, timeout: float | None) -> Any:
     """Await a queued native acquisition; on timeout return (or raise) its timed-out result."""
     loop = asyncio.get_running_loop()

@@ -31,7 +31,7 @@ pub enum Check<G> {
 /// Something a gate hands out: permits, tokens, or both.
 pub trait Resource: Send + 'static {
     /// What a caller asks for (a count of tokens, say).
-    type Request: Copy + Send;
+    type Request: Copy + Send + Sync;
     /// What a caller owns once granted, to give back later.
     type Grant: Send;
 
@@ -139,6 +139,14 @@ impl<R: Resource> Gate<R> {
     /// The clock this gate reads.
     pub fn clock(&self) -> &Clock {
         &self.clock
+    }
+
+    /// Checks that `request` could ever be granted.
+    ///
+    /// # Errors
+    /// [`InvalidArgument`] naming the argument at fault.
+    pub fn validate(&self, request: &R::Request) -> Result<(), InvalidArgument> {
+        self.state.lock().resource.validate(request)
     }
 
     /// Grants `request` now if nobody is queued and the resource allows it.

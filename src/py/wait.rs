@@ -236,7 +236,46 @@ impl Waiting {
     }
 }
 
-/// Starts an async acquisition: an awaitable of the result, ready at once if granted now.
+/// An async acquisition not yet started: it joins the queue at the coroutine's first step,
+/// so a coroutine cancelled (or dropped) before it runs holds no place in the queue.
+trait Start: Send + Sync {
+    fn start(&self, py: Python<'_>) -> PyResult<(bool, Py<PyAny>)>;
+}
+
+struct Unstarted<R: Resource, O: AsyncOutcome<R>> {
+    gate: Arc<Gate<R>>,
+    request: R::Request,
+    outcome: parking_lot::Mutex<Option<O>>,
+}
+
+impl<R: Resource, O: AsyncOutcome<R>> Start for Unstarted<R, O> {
+    fn start(&self, py: Python<'_>) -> PyResult<(bool, Py<PyAny>)> {
+        let Some(outcome) = self.outcome.lock().take() else {
+            return Err(pyo3::exceptions::PyRuntimeError::new_err("this acquisition was already awaited"));
+        };
+        match self.gate.acquire(self.request)? {
+            Acquired::Now(grant) => Ok((true, outcome.granted(py, grant)?)),
+            Acquired::Queued(ticket) => {
+                let wait = GateWait { gate: Arc::clone(&self.gate), ticket, finished: AtomicBool::new(false), outcome };
+                Ok((false, Py::new(py, Waiting(Box::new(wait)))?.into_any()))
+            }
+        }
+    }
+}
+
+/// An async acquisition, as Python sees it (private: used by `_waiting.acquire`).
+#[pyclass(module = "crewthrottle._native", name = "_Acquisition", frozen)]
+pub struct Acquisition(Box<dyn Start>);
+
+#[pymethods]
+impl Acquisition {
+    fn start(&self, py: Python<'_>) -> PyResult<(bool, Py<PyAny>)> {
+        self.0.start(py)
+    }
+}
+
+/// An awaitable of the result of acquiring `request`. The request is validated now (bad
+/// input raises at the call), but joins the queue only when first awaited.
 pub fn acquire_async<R: Resource, O: AsyncOutcome<R>>(
     py: Python<'_>,
     gate: &Arc<Gate<R>>,
@@ -244,12 +283,8 @@ pub fn acquire_async<R: Resource, O: AsyncOutcome<R>>(
     timeout: Option<f64>,
     outcome: O,
 ) -> PyResult<Py<PyAny>> {
-    match gate.acquire(request)? {
-        Acquired::Now(grant) => ready(py, outcome.granted(py, grant)?),
-        Acquired::Queued(ticket) => {
-            let wait = GateWait { gate: Arc::clone(gate), ticket, finished: AtomicBool::new(false), outcome };
-            let waiting = Py::new(py, Waiting(Box::new(wait)))?;
-            Ok(waiting_module(py)?.call_method1("wait", (waiting, timeout))?.unbind())
-        }
-    }
+    gate.validate(&request)?;
+    let unstarted = Unstarted { gate: Arc::clone(gate), request, outcome: parking_lot::Mutex::new(Some(outcome)) };
+    let acquisition = Py::new(py, Acquisition(Box::new(unstarted)))?;
+    Ok(waiting_module(py)?.call_method1("acquire", (acquisition, timeout))?.unbind())
 }

@@ -14,7 +14,7 @@ import sys
 import threading
 from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import urlsplit
 
 from ._openai import error_body
@@ -22,13 +22,8 @@ from ._openai import error_body
 CHAT_PATHS = frozenset({"/v1/chat/completions", "/chat/completions"})
 
 Send = Callable[[int, Mapping[str, str], bytes], None]
-
-
-class ChatEngine(Protocol):
-    """What the server asks of the provider: answer one parsed chat completion request."""
-
-    def chat(self, payload: dict[str, Any], send: Send) -> None:
-        """Answer ``payload`` by calling ``send(status, headers, body)`` once."""
+# Answers one parsed chat completion request by calling ``send(status, headers, body)`` once.
+ChatEngine = Callable[[dict[str, Any], Send], None]
 
 
 class Server(ThreadingHTTPServer):
@@ -106,7 +101,7 @@ class Handler(BaseHTTPRequestHandler):
             return
         payload = self._read_json()
         if payload is not None:
-            self.server.engine.chat(payload, self._send)
+            self.server.engine(payload, self._send)
 
     def do_GET(self) -> None:
         path = urlsplit(self.path).path

@@ -164,25 +164,25 @@ class Admission:
     def _check(self, now: float, tokens: int, in_flight: int) -> tuple[Reason | None, float | None]:
         # Order: a request too large for the token limit can never pass, so say so first (as
         # OpenAI's "Request too large"); then requests, tokens and concurrency.
+        # The wait is until every limit would let the request through (concurrency aside,
+        # unless it is the reason: requests in flight end when their latency does).
         lim = self.limits
-        waits: list[float | None] = []
         reason: Reason | None = None
+        wait_tokens = wait_requests = 0.0
         if lim.tpm is not None:
-            wait = self._tokens.wait_until_fits(now, lim.tpm, tokens)
-            if wait is None:
+            fits = self._tokens.wait_until_fits(now, lim.tpm, tokens)
+            if fits is None:
                 return "tokens", None
-            waits.append(wait)
-            reason = "tokens" if wait > 0 else None
+            wait_tokens = fits
+            reason = "tokens" if wait_tokens > 0 else None
         if lim.rpm is not None:
-            wait = self._requests.wait_until_fits(now, lim.rpm, 1)
-            waits.append(wait)
-            reason = "requests" if wait is not None and wait > 0 else reason
-        if reason is None and lim.max_concurrent is not None and in_flight >= lim.max_concurrent:
-            reason = "concurrency"
-            waits.append(max(0.0, min(self._planned_ends.values()) - now))
-        if reason is None:
-            return None, None
-        return reason, max((w for w in waits if w is not None), default=0.0)
+            wait_requests = self._requests.wait_until_fits(now, lim.rpm, 1) or 0.0
+            reason = "requests" if wait_requests > 0 else reason
+        if reason is not None:
+            return reason, max(wait_tokens, wait_requests)
+        if lim.max_concurrent is not None and in_flight >= lim.max_concurrent:
+            return "concurrency", max(0.0, min(self._planned_ends.values()) - now)
+        return None, None
 
     @staticmethod
     def _usage(now: float, limit: int | None, window: SlidingWindow) -> Usage | None:

@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 from . import _openai as wire
 from ._http import Send, Server
@@ -21,6 +21,13 @@ Latency = float | Callable[[], float]
 Response = tuple[int, dict[str, str], bytes]
 
 _JSON = {"content-type": "application/json"}
+_QUOTA_REFUSAL: Response = (
+    429,
+    _JSON,
+    json.dumps(
+        wire.error_body(wire.QUOTA_MESSAGE, "insufficient_quota", "insufficient_quota")
+    ).encode(),
+)
 _SSE = {"content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache"}
 
 
@@ -94,9 +101,7 @@ class FakeProvider:
         self._latency = latency if callable(latency) else _seconds("latency", latency)
         self._retry_after = _retry_after_mode(retry_after)
         self.quota_exhausted = _bool("quota_exhausted", quota_exhausted)
-        if completion_tokens is None:
-            raise TypeError("completion_tokens must be an int, got None")
-        self._completion_tokens = _positive_int("completion_tokens", completion_tokens) or 0
+        self._completion_tokens = _positive_int("completion_tokens", completion_tokens, False)
         if not isinstance(host, str) or not host:
             raise TypeError(f"host must be a non-empty str, got {host!r}")
         if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
@@ -122,7 +127,7 @@ class FakeProvider:
         if self._server is not None:
             raise RuntimeError("FakeProvider is already running")
         self._stopping.clear()
-        server = Server(self._host, self._port, self)
+        server = Server(self._host, self._port, self._chat)
         self._thread = threading.Thread(
             target=server.serve_forever,
             kwargs={"poll_interval": 0.05},
@@ -167,7 +172,7 @@ class FakeProvider:
         if self._server is None:
             raise RuntimeError("FakeProvider is not running: call start() or use `with`")
         host = f"[{self._host}]" if ":" in self._host else self._host
-        return f"http://{host}:{self._server.server_port}"
+        return f"http://{host}:{self.port}"
 
     @property
     def base_url(self) -> str:
@@ -177,7 +182,9 @@ class FakeProvider:
     @property
     def port(self) -> int:
         """The port actually listened on. Raises RuntimeError if not running."""
-        return int(self.url.rsplit(":", 1)[1])
+        if self._server is None:
+            raise RuntimeError("FakeProvider is not running: call start() or use `with`")
+        return self._server.server_port
 
     # -- assertions --------------------------------------------------------------------------
 
@@ -255,7 +262,7 @@ class FakeProvider:
 
     # -- serving (called from handler threads) -----------------------------------------------
 
-    def chat(self, payload: dict[str, Any], send: Send) -> None:
+    def _chat(self, payload: dict[str, Any], send: Send) -> None:
         """Answer one chat completion request (called by the server's handler threads).
 
         The request is logged, and stops counting as in flight, just before its response is
@@ -267,10 +274,8 @@ class FakeProvider:
         prompt = wire.prompt_tokens(messages)
         completion = wire.completion_tokens(payload, self._completion_tokens)
         if self.quota_exhausted:
-            start, in_flight = time.monotonic(), self._admission.in_flight
-            body = wire.error_body(wire.QUOTA_MESSAGE, "insufficient_quota", "insufficient_quota")
-            self._record(start, 429, prompt, 0, in_flight, "quota", model, stream)
-            send(429, _JSON, _dumps(body))
+            self._record(time.monotonic(), 429, prompt, 0, self.in_flight, "quota", model, stream)
+            send(*_QUOTA_REFUSAL)
             return
         try:
             latency = self._next_latency()
@@ -355,13 +360,23 @@ def _dumps(body: object) -> bytes:
     return json.dumps(body).encode()
 
 
-def _positive_int(name: str, value: int | None) -> int | None:
-    if value is None:
+@overload
+def _positive_int(name: str, value: int | None) -> int | None: ...
+
+
+@overload
+def _positive_int(name: str, value: int, optional: Literal[False]) -> int: ...
+
+
+def _positive_int(name: str, value: int | None, optional: bool = True) -> int | None:
+    if value is None and optional:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int or None, got {value!r}")
+        expected = "an int or None" if optional else "an int"
+        raise TypeError(f"{name} must be {expected}, got {value!r}")
     if value < 1:
-        raise ValueError(f"{name} must be at least 1 (or None for no limit), got {value!r}")
+        hint = " (or None for no limit)" if optional else ""
+        raise ValueError(f"{name} must be at least 1{hint}, got {value!r}")
     return value
 
 

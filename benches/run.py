@@ -1,0 +1,147 @@
+"""Side-by-side benchmarks of crewthrottle against the limiters users would pick instead.
+
+    .venv/bin/python benches/run.py [--quick] [--only NAME[,NAME]] [--json out.json]
+                                    [--markdown out.md] [--no-pin]
+
+Sections (NAME for --only): cost, rate, latency, idle, fairness. Every peer runs beside ours
+in the same process, and figures are given as ratios where a baseline exists. Needs the
+``bench`` extra: ``pip install -e ".[bench]"`` (asyncio-throttle is optional).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script from anywhere
+
+from _common import Settings, Table, render_checks, render_markdown, render_text  # noqa: E402
+from bench_cost import run_cost  # noqa: E402
+from bench_idle import run_idle  # noqa: E402
+from bench_latency import run_latency  # noqa: E402
+from bench_rate import run_fairness, run_rate  # noqa: E402
+
+SECTIONS: dict[str, Callable[[Settings], Table]] = {
+    "cost": run_cost,
+    "rate": run_rate,
+    "latency": run_latency,
+    "idle": run_idle,
+    "fairness": run_fairness,
+}
+
+TARGETS = [
+    "Semaphore <= 1/3 of threading.Semaphore's cost",
+    "Limiter acquire+release < 500 ns",
+    "utilisation >= 99% at burst 1, no 1 s window over the limit (threads and tasks)",
+    "wake-up p99 <= 1 ms",
+    "idle waiters <= 0.5% of a core",
+    "Jain's index >= 0.99",
+]
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="short runs, for a smoke test")
+    parser.add_argument("--only", help=f"comma-separated sections: {', '.join(SECTIONS)}")
+    parser.add_argument("--json", type=Path, help="write every figure as JSON here")
+    parser.add_argument("--markdown", type=Path, help="write the tables as Markdown here")
+    parser.add_argument("--no-pin", action="store_true",
+                        help="do not pin the timing-sensitive runs to CPU 0")
+    args = parser.parse_args(argv)
+    names = args.only.split(",") if args.only else list(SECTIONS)
+    unknown = [n for n in names if n not in SECTIONS]
+    if unknown:
+        parser.error(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
+    args.sections = names
+    return args
+
+
+def _machine() -> dict[str, str]:
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "cpus": str(os.cpu_count()),
+        "cpu model": model,
+        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "platform": platform.platform(),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+    }
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    names = ["crewthrottle", "pyrate-limiter", "limits", "aiolimiter", "langchain-core",
+             "throttled-py", "asyncio-throttle"]
+    found = {}
+    for name in names:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    settings = Settings.make(quick=args.quick, pin=not args.no_pin)
+    machine, versions = _machine(), _versions()
+    print("\n".join(f"{k}: {v}" for k, v in machine.items()))
+    print("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+    print("targets: " + "; ".join(TARGETS) + "\n", flush=True)
+    tables = []
+    for name in args.sections:
+        started = time.perf_counter()
+        table = SECTIONS[name](settings)
+        table.notes.append(f"section took {time.perf_counter() - started:.1f} s")
+        tables.append(table)
+        print(render_text(table) + "\n", flush=True)
+    print(render_checks(tables, markdown=False))
+    if args.markdown:
+        args.markdown.write_text(_markdown(tables, machine, versions))
+    if args.json:
+        args.json.write_text(json.dumps(_as_json(tables, machine, versions), indent=2))
+    return 0
+
+
+def _markdown(tables: list[Table], machine: dict[str, str], versions: dict[str, str]) -> str:
+    head = ["## Benchmarks", ""]
+    head += [f"- {k}: `{v}`" if k == "command" else f"- {k}: {v}" for k, v in machine.items()]
+    head.append("- versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+    head.append("- targets: " + "; ".join(TARGETS))
+    body = [render_markdown(t) for t in tables] + [render_checks(tables, markdown=True)]
+    return "\n".join(head) + "\n\n" + "\n\n".join(body) + "\n"
+
+
+def _as_json(tables: list[Table], machine: dict[str, str], versions: dict[str, str]) -> object:
+    return {
+        "machine": machine,
+        "versions": versions,
+        "targets": TARGETS,
+        "sections": {
+            t.key: {
+                "title": t.title,
+                "notes": t.notes,
+                "rows": [dict(zip(t.columns, row)) for row in t.rows],
+                "checks": [dict(zip(["what", "measured", "target", "met"], c)) for c in t.checks],
+            }
+            for t in tables
+        },
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())

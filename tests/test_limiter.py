@@ -1,0 +1,192 @@
+"""Limiter: the safety guarantees, checked from recorded timestamps, with threads and tasks
+on two event loops sharing one limiter at the same time."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import random
+import threading
+import time
+
+import pytest
+
+import crewthrottle as ct
+from tests._timeline import max_in_window, max_overlap
+
+# Recorded times lag the native grant by scheduling noise (2 shared cores): windows are
+# checked slightly shorter than the limiter's, and bursts with this much slack.
+SLACK = 0.05
+
+
+class Recorder:
+    """Collects (start, end, tokens) of every permit, as its holder saw it."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.records: list[tuple[float, float, int]] = []
+
+    def add(self, start: float, end: float, tokens: int) -> None:
+        with self.lock:
+            self.records.append((start, end, tokens))
+
+
+def run_threads(limiter: ct.Limiter, rec: Recorder, threads: int, calls: int, seed: int) -> list[threading.Thread]:
+    def worker(i: int) -> None:
+        rng = random.Random(seed + i)
+        for _ in range(calls):
+            tokens = rng.randint(1, 20)
+            with limiter.acquire(tokens) as permit:
+                start = time.monotonic()
+                time.sleep(rng.uniform(0, 0.01))
+                end = time.monotonic()
+                assert permit.tokens == tokens
+            rec.add(start, end, tokens)
+
+    return [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
+
+
+def run_loop(limiter: ct.Limiter, rec: Recorder, tasks: int, seed: int) -> threading.Thread:
+    async def task(rng: random.Random) -> None:
+        tokens = rng.randint(1, 20)
+        async with await limiter.acquire_async(tokens):
+            start = time.monotonic()
+            await asyncio.sleep(rng.uniform(0, 0.01))
+            end = time.monotonic()
+        rec.add(start, end, tokens)
+
+    async def main() -> None:
+        await asyncio.gather(*(task(random.Random(seed + i)) for i in range(tasks)))
+
+    return threading.Thread(target=asyncio.run, args=(main(),))
+
+
+def test_threads_and_two_event_loops_never_exceed_any_limit() -> None:
+    """Invariants: never more than max_concurrent in flight; never more than rpm requests nor
+    tpm tokens in any window; never more than burst + rate*t in a shorter span t."""
+    rpm, tpm, window, burst, max_concurrent = 100, 1000, 1.0, 3, 4
+    limiter = ct.Limiter(max_concurrent=max_concurrent, rpm=rpm, tpm=tpm, window=window, burst=burst)
+    rec = Recorder()
+    workers = run_threads(limiter, rec, threads=16, calls=4, seed=0)
+    workers += [run_loop(limiter, rec, tasks=100, seed=1000), run_loop(limiter, rec, tasks=100, seed=2000)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=60)
+    assert not any(w.is_alive() for w in workers), "a worker hung"
+    assert len(rec.records) == 16 * 4 + 200
+
+    starts = [s for s, _, _ in rec.records]
+    tokens = [t for _, _, t in rec.records]
+    assert max_overlap([(s, e) for s, e, _ in rec.records]) <= max_concurrent
+    assert max_in_window(starts, window - SLACK) <= rpm
+    assert max_in_window(starts, window - SLACK, tokens) <= tpm
+    interval = window / rpm
+    for span in (0.001, 0.02, 0.1):
+        assert max_in_window(starts, span) <= burst + (span + SLACK) / interval
+    stats = limiter.stats()
+    assert (stats["in_flight"], stats["waiting"], stats["acquired"]) == (0, 0, 264)
+    assert stats["tokens_granted"] == sum(tokens)
+
+
+def test_rpm_caps_every_window_with_burst() -> None:
+    """A backlog against rpm=20 per 0.5 s: at most 20 started in any 0.5 s window."""
+    limiter = ct.Limiter(rpm=20, window=0.5, burst=5)
+    starts: list[float] = []
+    deadline = time.monotonic() + 1.6
+    while time.monotonic() < deadline:
+        limiter.acquire().release()
+        starts.append(time.monotonic())
+    assert max_in_window(starts, 0.5 - SLACK) <= 20
+    # The whole budget is offered: the first window alone allows 20.
+    assert max_in_window(starts, 0.5 + SLACK) >= 20
+
+
+def test_one_request_may_take_all_of_tpm() -> None:
+    limiter = ct.Limiter(tpm=500, window=0.5)
+    with limiter.acquire(500):
+        pass
+    assert limiter.try_acquire(1) is None
+    start = time.monotonic()
+    limiter.acquire(500).release()
+    assert time.monotonic() - start >= 0.4
+
+
+def test_settle_refunds_unused_tokens() -> None:
+    limiter = ct.Limiter(tpm=1000, window=60)
+    permit = limiter.acquire(900)
+    assert limiter.try_acquire(200) is None
+    permit.settle(100)
+    assert permit.tokens == 100
+    second = limiter.try_acquire(800)
+    assert second is not None
+    second.settle(1200)  # the provider counted more than reserved: charged in full
+    assert limiter.stats()["tokens_in_window"] == 1300
+    assert limiter.try_acquire(1) is None
+
+
+def test_pause_holds_all_new_permits() -> None:
+    limiter = ct.Limiter(max_concurrent=10)
+    limiter.pause(0.3)
+    assert limiter.try_acquire() is None
+    assert limiter.stats()["paused_for"] > 0.1
+    start = time.monotonic()
+    limiter.acquire().release()
+    assert time.monotonic() - start >= 0.25
+
+
+def test_permit_release_is_idempotent_and_counts_are_exact() -> None:
+    limiter = ct.Limiter(max_concurrent=2)
+    permit = limiter.acquire()
+    permit.release()
+    permit.release()
+    assert permit.released
+    with limiter, limiter:
+        assert limiter.stats()["in_flight"] == 2
+        assert limiter.try_acquire() is None
+    assert limiter.stats()["in_flight"] == 0
+
+
+def test_decorator_keeps_name_doc_signature_for_sync_and_async() -> None:
+    limiter = ct.Limiter(max_concurrent=1)
+    seen: list[int] = []
+
+    @limiter
+    def add(a: int, b: int = 2) -> int:
+        """Adds."""
+        seen.append(limiter.stats()["in_flight"])
+        return a + b
+
+    @limiter
+    async def aadd(a: int, *, b: int = 2) -> int:
+        """Adds, async."""
+        seen.append(limiter.stats()["in_flight"])
+        return a + b
+
+    assert (add.__name__, add.__doc__) == ("add", "Adds.")
+    assert str(inspect.signature(add)) == "(a: 'int', b: 'int' = 2) -> 'int'"
+    assert inspect.iscoroutinefunction(aadd)
+    assert str(inspect.signature(aadd)) == "(a: 'int', *, b: 'int' = 2) -> 'int'"
+    assert add(1) == 3
+    assert asyncio.run(aadd(1, b=5)) == 6
+    assert seen == [1, 1]
+    assert limiter.stats()["in_flight"] == 0
+    with pytest.raises(TypeError, match="callable"):
+        limiter(42)  # type: ignore[call-overload]
+
+
+def test_copies_are_the_same_limiter() -> None:
+    import copy
+
+    limiter = ct.Limiter(rpm=10)
+    assert copy.copy(limiter) is limiter
+    assert copy.deepcopy({"l": limiter})["l"] is limiter
+
+
+def test_repr_shows_configuration_and_state() -> None:
+    limiter = ct.Limiter(max_concurrent=3, rpm=600, name="openai")
+    with limiter:
+        text = repr(limiter)
+    assert text == ('<crewthrottle.Limiter "openai" max_concurrent=3 rpm=600 tpm=None window=60.0 '
+                    "burst=10: in_flight=1 waiting=0>")
+    assert limiter.burst == 10, "default burst: about one second's share of rpm"
