@@ -11,5 +11,6 @@ fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e ".[test]"
 
+./scripts/check.sh
 cargo test --lib --quiet
 .venv/bin/python -m pytest "$@"

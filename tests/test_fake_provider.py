@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import httpx
 import openai
 import pytest
+
 from crewthrottle.testing import FakeProvider, RequestRecord, format_duration
 from crewthrottle.testing import _stats as stats
 from crewthrottle.testing._limits import Admission, Limits

@@ -10,9 +10,9 @@ import threading
 import time
 
 import pytest
+from tests._timeline import max_in_window, max_overlap
 
 import crewthrottle as ct
-from tests._timeline import max_in_window, max_overlap
 
 # Recorded times lag the native grant by scheduling noise (2 shared cores): windows are
 # checked slightly shorter than the limiter's, and bursts with this much slack.
@@ -31,7 +31,9 @@ class Recorder:
             self.records.append((start, end, tokens))
 
 
-def run_threads(limiter: ct.Limiter, rec: Recorder, threads: int, calls: int, seed: int) -> list[threading.Thread]:
+def run_threads(
+    limiter: ct.Limiter, rec: Recorder, threads: int, calls: int, seed: int
+) -> list[threading.Thread]:
     def worker(i: int) -> None:
         rng = random.Random(seed + i)
         for _ in range(calls):
@@ -65,10 +67,15 @@ def test_threads_and_two_event_loops_never_exceed_any_limit() -> None:
     """Invariants: never more than max_concurrent in flight; never more than rpm requests nor
     tpm tokens in any window; never more than burst + rate*t in a shorter span t."""
     rpm, tpm, window, burst, max_concurrent = 100, 1000, 1.0, 3, 4
-    limiter = ct.Limiter(max_concurrent=max_concurrent, rpm=rpm, tpm=tpm, window=window, burst=burst)
+    limiter = ct.Limiter(
+        max_concurrent=max_concurrent, rpm=rpm, tpm=tpm, window=window, burst=burst
+    )
     rec = Recorder()
     workers = run_threads(limiter, rec, threads=16, calls=4, seed=0)
-    workers += [run_loop(limiter, rec, tasks=100, seed=1000), run_loop(limiter, rec, tasks=100, seed=2000)]
+    workers += [
+        run_loop(limiter, rec, tasks=100, seed=1000),
+        run_loop(limiter, rec, tasks=100, seed=2000),
+    ]
     for w in workers:
         w.start()
     for w in workers:
@@ -187,6 +194,8 @@ def test_repr_shows_configuration_and_state() -> None:
     limiter = ct.Limiter(max_concurrent=3, rpm=600, name="openai")
     with limiter:
         text = repr(limiter)
-    assert text == ('<crewthrottle.Limiter "openai" max_concurrent=3 rpm=600 tpm=None window=60.0 '
-                    "burst=10: in_flight=1 waiting=0>")
+    assert text == (
+        '<crewthrottle.Limiter "openai" max_concurrent=3 rpm=600 tpm=None window=60.0 '
+        "burst=10: in_flight=1 waiting=0>"
+    )
     assert limiter.burst == 10, "default burst: about one second's share of rpm"

@@ -20,7 +20,10 @@ def settled(limiter: ct.Limiter) -> tuple[int, int]:
 def test_exception_in_guarded_block_releases() -> None:
     limiter = ct.Limiter(max_concurrent=1)
     for guard in (limiter, limiter.acquire):
-        with pytest.raises(RuntimeError), (guard() if callable(guard) and guard is not limiter else guard):
+        with (
+            pytest.raises(RuntimeError),
+            guard() if callable(guard) and guard is not limiter else guard,
+        ):
             raise RuntimeError("boom")
         assert settled(limiter) == (0, 0)
 
@@ -155,7 +158,9 @@ def test_a_thread_waiter_is_woken_by_an_async_release_and_back() -> None:
 
     async def main() -> None:
         held = await limiter.acquire_async()
-        thread = threading.Thread(target=lambda: got.append(str(limiter.acquire(timeout=10).release())))
+        thread = threading.Thread(
+            target=lambda: got.append(str(limiter.acquire(timeout=10).release()))
+        )
         thread.start()
         while limiter.stats()["waiting"] == 0:
             await asyncio.sleep(0.001)

@@ -13,9 +13,9 @@ import time
 import pytest
 
 BLOCKED = {
-    "Limiter": "held = ct.Limiter(max_concurrent=1); p = held.acquire(); wait = lambda: held.acquire()",
-    "Semaphore": "held = ct.Semaphore(0); wait = lambda: held.acquire()",
-    "TokenBucket": "held = ct.TokenBucket(1, per=3600, burst=1); held.acquire(); wait = lambda: held.acquire()",
+    "Limiter": "held = ct.Limiter(max_concurrent=1); p = held.acquire(); wait = held.acquire",
+    "Semaphore": "held = ct.Semaphore(0); wait = held.acquire",
+    "TokenBucket": "held = ct.TokenBucket(1, per=3600); held.acquire(); wait = held.acquire",
 }
 
 
@@ -89,7 +89,8 @@ def test_limiter_made_before_fork_works_in_the_child() -> None:
         held.release()
         waiter.join(5)
         sem.release()
-        print("child", os.waitstatus_to_exitcode(status), "parent", limiter.stats()["in_flight"], flush=True)
+        in_flight = limiter.stats()["in_flight"]
+        print("child", os.waitstatus_to_exitcode(status), "parent", in_flight, flush=True)
     """)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err

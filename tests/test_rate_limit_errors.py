@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+
 from crewthrottle._rate_limit_errors import is_rate_limit_error, retry_after
 
 # -- fakes shaped like the libraries' exceptions ----------------------------------------------

@@ -14,7 +14,10 @@ pub struct InvalidArgument {
 impl InvalidArgument {
     /// A new error for argument `name`.
     pub fn new(name: &'static str, reason: impl Into<String>) -> Self {
-        InvalidArgument { name, reason: reason.into() }
+        InvalidArgument {
+            name,
+            reason: reason.into(),
+        }
     }
 }
 
@@ -27,13 +30,23 @@ impl fmt::Display for InvalidArgument {
 impl std::error::Error for InvalidArgument {}
 
 /// Checks that a duration given in seconds is finite and `>= 0` (or `> 0` when `positive`).
-pub fn check_seconds(name: &'static str, secs: f64, positive: bool) -> Result<f64, InvalidArgument> {
+pub fn check_seconds(
+    name: &'static str,
+    secs: f64,
+    positive: bool,
+) -> Result<f64, InvalidArgument> {
     if !secs.is_finite() {
-        return Err(InvalidArgument::new(name, format!("must be a finite number of seconds, got {secs}")));
+        return Err(InvalidArgument::new(
+            name,
+            format!("must be a finite number of seconds, got {secs}"),
+        ));
     }
     if secs < 0.0 || (positive && secs == 0.0) {
         let bound = if positive { "> 0" } else { ">= 0" };
-        return Err(InvalidArgument::new(name, format!("must be {bound} seconds, got {secs}")));
+        return Err(InvalidArgument::new(
+            name,
+            format!("must be {bound} seconds, got {secs}"),
+        ));
     }
     Ok(secs)
 }

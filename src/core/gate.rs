@@ -133,7 +133,10 @@ impl<R: Resource> Gate<R> {
             next_ticket: 0,
             counters: GateCounters::default(),
         };
-        Gate { state: Mutex::new(state), clock }
+        Gate {
+            state: Mutex::new(state),
+            clock,
+        }
     }
 
     /// The clock this gate reads.
@@ -185,7 +188,12 @@ impl<R: Resource> Gate<R> {
         }
         let id = st.next_ticket;
         st.next_ticket += 1;
-        let waiter = Waiter { request, waker: None, armed: None, since: now };
+        let waiter = Waiter {
+            request,
+            waker: None,
+            armed: None,
+            since: now,
+        };
         st.queue.insert(id, waiter);
         Ok(Acquired::Queued(Ticket(id)))
     }
@@ -252,7 +260,12 @@ impl<R: Resource> Gate<R> {
     pub fn inspect<T>(&self, read: impl FnOnce(&mut R, &GateCounters, usize, Nanos) -> T) -> T {
         let now = self.clock.now();
         let mut st = self.state.lock();
-        let State { resource, counters, queue, .. } = &mut *st;
+        let State {
+            resource,
+            counters,
+            queue,
+            ..
+        } = &mut *st;
         read(resource, counters, queue.len(), now)
     }
 
@@ -268,7 +281,6 @@ impl<R: Resource> Gate<R> {
         wake_all(wake);
         out
     }
-
 }
 
 impl<R: Resource> AfterFork for Gate<R> {
@@ -296,7 +308,13 @@ impl<R: Resource> AfterFork for Gate<R> {
 /// Serves the queue in order while the head can be granted; returns the head's retry
 /// instant if it must wait for time. Wakers to call go to `wake`.
 fn dispatch<R: Resource>(st: &mut State<R>, now: Nanos, wake: &mut Vec<Waker>) -> Option<Nanos> {
-    let State { resource, queue, handed, counters, .. } = st;
+    let State {
+        resource,
+        queue,
+        handed,
+        counters,
+        ..
+    } = st;
     while let Some(mut head) = queue.first_entry() {
         match resource.try_take(&head.get().request, now) {
             Check::Granted(grant) => {

@@ -51,13 +51,23 @@ impl LimiterConfig {
         burst: Option<u64>,
     ) -> Result<Self, InvalidArgument> {
         check_seconds("window", window, true)?;
-        for (name, value) in [("max_concurrent", max_concurrent), ("rpm", rpm), ("tpm", tpm)] {
+        for (name, value) in [
+            ("max_concurrent", max_concurrent),
+            ("rpm", rpm),
+            ("tpm", tpm),
+        ] {
             if value == Some(0) {
-                return Err(InvalidArgument::new(name, "must be >= 1 (or None for no limit), got 0"));
+                return Err(InvalidArgument::new(
+                    name,
+                    "must be >= 1 (or None for no limit), got 0",
+                ));
             }
         }
         if rpm.is_some_and(|rpm| nanos_of_secs(window) / rpm == 0) {
-            return Err(InvalidArgument::new("rpm", "is too high for the window: more than one request per nanosecond"));
+            return Err(InvalidArgument::new(
+                "rpm",
+                "is too high for the window: more than one request per nanosecond",
+            ));
         }
         let burst = match (rpm, burst) {
             (None, None) => None,
@@ -65,7 +75,10 @@ impl LimiterConfig {
             (Some(rpm), None) => Some(((rpm as f64 / window).round() as u64).clamp(1, rpm)),
             (Some(_), Some(0)) => return Err(InvalidArgument::new("burst", "must be >= 1, got 0")),
             (Some(rpm), Some(b)) if b > rpm => {
-                return Err(InvalidArgument::new("burst", format!("must be at most rpm ({rpm}), got {b}")))
+                return Err(InvalidArgument::new(
+                    "burst",
+                    format!("must be at most rpm ({rpm}), got {b}"),
+                ))
             }
             (Some(_), Some(b)) => Some(b),
         };
@@ -73,7 +86,13 @@ impl LimiterConfig {
             .map(u32::try_from)
             .transpose()
             .map_err(|_| InvalidArgument::new("burst", format!("must be at most {}", u32::MAX)))?;
-        Ok(LimiterConfig { max_concurrent, rpm, tpm, window, burst })
+        Ok(LimiterConfig {
+            max_concurrent,
+            rpm,
+            tpm,
+            window,
+            burst,
+        })
     }
 
     /// The window in nanoseconds.
@@ -196,7 +215,10 @@ impl LimiterBudget {
                 grant.tokens = Some(tokens.record(actual - grant.charged, now));
             }
         }
-        self.tokens_granted = self.tokens_granted.saturating_sub(grant.charged).saturating_add(actual);
+        self.tokens_granted = self
+            .tokens_granted
+            .saturating_sub(grant.charged)
+            .saturating_add(actual);
         grant.charged = actual;
     }
 
@@ -251,7 +273,11 @@ impl Resource for LimiterBudget {
 
     fn try_take(&mut self, request: &LimiterRequest, now: Nanos) -> Check<LimiterGrant> {
         let tokens = &request.tokens;
-        if self.config.max_concurrent.is_some_and(|max| self.in_flight >= max) {
+        if self
+            .config
+            .max_concurrent
+            .is_some_and(|max| self.in_flight >= max)
+        {
             return Check::WaitForRelease;
         }
         let ready = self.rate_ready_at(*tokens, now);
@@ -271,7 +297,12 @@ impl Resource for LimiterBudget {
             (Some(window), t) if t > 0 => Some(window.record(t, now)),
             _ => None,
         };
-        Check::Granted(LimiterGrant { generation: self.generation, request, tokens: token_receipt, charged: *tokens })
+        Check::Granted(LimiterGrant {
+            generation: self.generation,
+            request,
+            tokens: token_receipt,
+            charged: *tokens,
+        })
     }
 
     fn give_back(&mut self, grant: LimiterGrant, _now: Nanos) {

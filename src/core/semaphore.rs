@@ -4,8 +4,8 @@
 use std::fmt;
 
 use super::clock::Nanos;
-use super::gate::{Check, Resource};
 use super::error::InvalidArgument;
+use super::gate::{Check, Resource};
 
 /// Releasing a bounded semaphore above its initial value (threading's `ValueError`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,7 +29,10 @@ pub struct SemaphoreCount {
 impl SemaphoreCount {
     /// A semaphore starting at `value`, bounded by it if `bounded`.
     pub fn new(value: u64, bounded: bool) -> Self {
-        SemaphoreCount { value, bound: bounded.then_some(value) }
+        SemaphoreCount {
+            value,
+            bound: bounded.then_some(value),
+        }
     }
 
     /// Permits available now.

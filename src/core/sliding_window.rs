@@ -99,14 +99,21 @@ impl SlidingWindow {
         }
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.entries.push_back(Entry { seq, opened: now, stamp: now, amount });
+        self.entries.push_back(Entry {
+            seq,
+            opened: now,
+            stamp: now,
+            amount,
+        });
         Receipt { seq }
     }
 
     /// Takes back up to `amount` units from the entry of `receipt` (a grant that used less
     /// than it reserved). An entry that has left the window has nothing to refund.
     pub fn refund(&mut self, receipt: Receipt, amount: u64) {
-        let Ok(index) = self.entries.binary_search_by_key(&receipt.seq, |e| e.seq) else { return };
+        let Ok(index) = self.entries.binary_search_by_key(&receipt.seq, |e| e.seq) else {
+            return;
+        };
         let entry = &mut self.entries[index];
         let refund = amount.min(entry.amount);
         entry.amount -= refund;
@@ -177,7 +184,11 @@ mod tests {
             w.record(1, at(t * 1000));
         }
         assert_eq!(w.entry_count(), 1);
-        assert_eq!(w.used(at(1000 * SEC)), 100, "stamped with the latest grant: still inside");
+        assert_eq!(
+            w.used(at(1000 * SEC)),
+            100,
+            "stamped with the latest grant: still inside"
+        );
         assert_eq!(w.used(at(1000 * SEC + 99_000)), 0);
     }
 

@@ -35,7 +35,10 @@ impl BucketConfig {
     /// [`InvalidArgument`] naming `rate`, `per` or `burst`.
     pub fn new(rate: f64, per: f64, burst: Option<u64>) -> Result<Self, InvalidArgument> {
         if !(rate.is_finite() && rate > 0.0) {
-            return Err(InvalidArgument::new("rate", format!("must be a finite number > 0, got {rate}")));
+            return Err(InvalidArgument::new(
+                "rate",
+                format!("must be a finite number > 0, got {rate}"),
+            ));
         }
         check_seconds("per", per, true)?;
         let burst = match burst {
@@ -43,11 +46,18 @@ impl BucketConfig {
             Some(b) => b,
             None => (rate.floor() as u64).max(1),
         };
-        let burst = u32::try_from(burst)
-            .map_err(|_| InvalidArgument::new("burst", format!("must be at most {}, got {burst}", u32::MAX)))?;
+        let burst = u32::try_from(burst).map_err(|_| {
+            InvalidArgument::new(
+                "burst",
+                format!("must be at most {}, got {burst}", u32::MAX),
+            )
+        })?;
         let config = BucketConfig { rate, per, burst };
         if config.interval_ns() == 0 {
-            return Err(InvalidArgument::new("rate", "is too high: more than one token per nanosecond"));
+            return Err(InvalidArgument::new(
+                "rate",
+                "is too high: more than one token per nanosecond",
+            ));
         }
         Ok(config)
     }
@@ -61,7 +71,9 @@ impl BucketConfig {
         let burst = NonZeroU32::new(self.burst).unwrap_or(NonZeroU32::MIN);
         let interval = Duration::from_nanos(self.interval_ns().max(1));
         // `with_period` is None only for a zero period, excluded above.
-        Quota::with_period(interval).unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN)).allow_burst(burst)
+        Quota::with_period(interval)
+            .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
+            .allow_burst(burst)
     }
 }
 
@@ -75,7 +87,11 @@ pub struct TokenBucketBudget {
 impl TokenBucketBudget {
     /// A full bucket.
     pub fn new(config: BucketConfig, clock: Clock) -> Self {
-        TokenBucketBudget { gcra: RateLimiter::direct_with_clock(config.quota(), clock), config, paused_until: Nanos::new(0) }
+        TokenBucketBudget {
+            gcra: RateLimiter::direct_with_clock(config.quota(), clock),
+            config,
+            paused_until: Nanos::new(0),
+        }
     }
 
     /// The configuration.
@@ -105,7 +121,12 @@ impl Resource for TokenBucketBudget {
         }
         if *n > self.config.burst {
             let burst = self.config.burst;
-            return Err(InvalidArgument::new("n", format!("is {n}, more than the bucket's burst of {burst}: it could never be granted")));
+            return Err(InvalidArgument::new(
+                "n",
+                format!(
+                    "is {n}, more than the bucket's burst of {burst}: it could never be granted"
+                ),
+            ));
         }
         Ok(())
     }
@@ -114,7 +135,9 @@ impl Resource for TokenBucketBudget {
         if let Some(until) = self.paused_until(now) {
             return Check::RetryAt(until);
         }
-        let Some(n) = NonZeroU32::new(*n) else { return Check::Granted(()) };
+        let Some(n) = NonZeroU32::new(*n) else {
+            return Check::Granted(());
+        };
         match self.gcra.check_n(n) {
             Ok(Ok(())) => Check::Granted(()),
             Ok(Err(not_until)) => Check::RetryAt(not_until.earliest_possible()),
@@ -139,7 +162,10 @@ mod tests {
 
     fn bucket(rate: f64, per: f64, burst: Option<u64>) -> (TokenBucketBudget, Clock) {
         let clock = Clock::manual();
-        (TokenBucketBudget::new(BucketConfig::new(rate, per, burst).unwrap(), clock.clone()), clock)
+        (
+            TokenBucketBudget::new(BucketConfig::new(rate, per, burst).unwrap(), clock.clone()),
+            clock,
+        )
     }
 
     #[test]
@@ -148,7 +174,10 @@ mod tests {
         for _ in 0..3 {
             assert_eq!(b.try_take(&1, clock.now()), Check::Granted(()));
         }
-        assert_eq!(b.try_take(&1, clock.now()), Check::RetryAt(Nanos::new(100_000_000)));
+        assert_eq!(
+            b.try_take(&1, clock.now()),
+            Check::RetryAt(Nanos::new(100_000_000))
+        );
         clock.advance(Duration::from_millis(100));
         assert_eq!(b.try_take(&1, clock.now()), Check::Granted(()));
     }
@@ -157,7 +186,10 @@ mod tests {
     fn a_large_request_waits_for_enough_tokens() {
         let (mut b, clock) = bucket(10.0, 1.0, Some(5));
         assert_eq!(b.try_take(&5, clock.now()), Check::Granted(()));
-        assert_eq!(b.try_take(&5, clock.now()), Check::RetryAt(Nanos::new(500_000_000)));
+        assert_eq!(
+            b.try_take(&5, clock.now()),
+            Check::RetryAt(Nanos::new(500_000_000))
+        );
     }
 
     #[test]
@@ -165,7 +197,10 @@ mod tests {
         let (mut b, clock) = bucket(100.0, 1.0, None);
         b.pause(clock.now(), 2.0);
         b.pause(clock.now(), 1.0);
-        assert_eq!(b.try_take(&1, clock.now()), Check::RetryAt(Nanos::new(2_000_000_000)));
+        assert_eq!(
+            b.try_take(&1, clock.now()),
+            Check::RetryAt(Nanos::new(2_000_000_000))
+        );
         clock.advance(Duration::from_secs(2));
         assert_eq!(b.try_take(&1, clock.now()), Check::Granted(()));
     }
@@ -173,10 +208,24 @@ mod tests {
     #[test]
     fn bad_configuration_names_the_argument() {
         assert_eq!(BucketConfig::new(0.0, 1.0, None).unwrap_err().name, "rate");
-        assert_eq!(BucketConfig::new(f64::NAN, 1.0, None).unwrap_err().name, "rate");
-        assert_eq!(BucketConfig::new(1.0, f64::INFINITY, None).unwrap_err().name, "per");
-        assert_eq!(BucketConfig::new(1.0, 1.0, Some(0)).unwrap_err().name, "burst");
-        assert_eq!(BucketConfig::new(1e12, 1.0, Some(1)).unwrap_err().name, "rate");
+        assert_eq!(
+            BucketConfig::new(f64::NAN, 1.0, None).unwrap_err().name,
+            "rate"
+        );
+        assert_eq!(
+            BucketConfig::new(1.0, f64::INFINITY, None)
+                .unwrap_err()
+                .name,
+            "per"
+        );
+        assert_eq!(
+            BucketConfig::new(1.0, 1.0, Some(0)).unwrap_err().name,
+            "burst"
+        );
+        assert_eq!(
+            BucketConfig::new(1e12, 1.0, Some(1)).unwrap_err().name,
+            "rate"
+        );
         assert_eq!(BucketConfig::new(0.5, 1.0, None).unwrap().burst, 1);
     }
 

@@ -10,21 +10,33 @@ use crate::core::error::check_seconds;
 pub fn count(obj: &Bound<'_, PyAny>, name: &str, min: u64) -> PyResult<u64> {
     if obj.is_instance_of::<PyBool>() || !obj.is_instance_of::<PyInt>() {
         let kind = obj.get_type().name()?;
-        return Err(PyTypeError::new_err(format!("{name} must be an int, got {kind}")));
+        return Err(PyTypeError::new_err(format!(
+            "{name} must be an int, got {kind}"
+        )));
     }
     let value = match obj.extract::<u64>() {
         Ok(value) => value,
-        Err(_) if obj.lt(0)? => return Err(PyValueError::new_err(format!("{name} must be >= {min}, got {obj}"))),
+        Err(_) if obj.lt(0)? => {
+            return Err(PyValueError::new_err(format!(
+                "{name} must be >= {min}, got {obj}"
+            )))
+        }
         Err(_) => return Err(PyValueError::new_err(format!("{name} is too large: {obj}"))),
     };
     if value < min {
-        return Err(PyValueError::new_err(format!("{name} must be >= {min}, got {value}")));
+        return Err(PyValueError::new_err(format!(
+            "{name} must be >= {min}, got {value}"
+        )));
     }
     Ok(value)
 }
 
 /// An optional count: `None` stays `None`.
-pub fn optional_count(obj: Option<&Bound<'_, PyAny>>, name: &str, min: u64) -> PyResult<Option<u64>> {
+pub fn optional_count(
+    obj: Option<&Bound<'_, PyAny>>,
+    name: &str,
+    min: u64,
+) -> PyResult<Option<u64>> {
     match obj {
         Some(obj) if !obj.is_none() => count(obj, name, min).map(Some),
         _ => Ok(None),
@@ -33,9 +45,13 @@ pub fn optional_count(obj: Option<&Bound<'_, PyAny>>, name: &str, min: u64) -> P
 
 /// A real number (int or float, not bool), any sign; NaN and infinities pass through.
 pub fn number(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<f64> {
-    if obj.is_instance_of::<PyBool>() || !(obj.is_instance_of::<PyInt>() || obj.is_instance_of::<PyFloat>()) {
+    if obj.is_instance_of::<PyBool>()
+        || !(obj.is_instance_of::<PyInt>() || obj.is_instance_of::<PyFloat>())
+    {
         let kind = obj.get_type().name()?;
-        return Err(PyTypeError::new_err(format!("{name} must be a number, got {kind}")));
+        return Err(PyTypeError::new_err(format!(
+            "{name} must be a number, got {kind}"
+        )));
     }
     obj.extract::<f64>()
 }
@@ -47,7 +63,9 @@ pub fn seconds(obj: &Bound<'_, PyAny>, name: &'static str, positive: bool) -> Py
 
 /// A timeout: `None` (or infinity) waits forever; otherwise seconds `>= 0`.
 pub fn timeout(obj: Option<&Bound<'_, PyAny>>) -> PyResult<Option<f64>> {
-    let Some(obj) = obj.filter(|o| !o.is_none()) else { return Ok(None) };
+    let Some(obj) = obj.filter(|o| !o.is_none()) else {
+        return Ok(None);
+    };
     let secs = number(obj, "timeout")?;
     if secs == f64::INFINITY {
         return Ok(None);

@@ -69,7 +69,10 @@ impl Limiter {
 #[pymethods]
 impl Limiter {
     #[new]
-    #[pyo3(signature = (*, max_concurrent = None, rpm = None, tpm = None, window = None, burst = None, name = None))]
+    #[pyo3(
+        signature = (*, max_concurrent = None, rpm = None, tpm = None, window = None, burst = None, name = None),
+        text_signature = "(*, max_concurrent=None, rpm=None, tpm=None, window=60.0, burst=None, name=None)"
+    )]
     fn new(
         py: Python<'_>,
         max_concurrent: Option<&Bound<'_, PyAny>>,
@@ -92,12 +95,21 @@ impl Limiter {
         )?;
         let clock = Clock::monotonic();
         let gate = Gate::new(LimiterBudget::new(config, clock.clone()), clock);
-        Ok(Limiter { gate: new_gate(py, gate), config, name })
+        Ok(Limiter {
+            gate: new_gate(py, gate),
+            config,
+            name,
+        })
     }
 
     /// Waits (GIL released) for a permit for a request of `tokens` tokens.
-    #[pyo3(signature = (tokens = None, *, timeout = None))]
-    fn acquire(&self, py: Python<'_>, tokens: Option<&Bound<'_, PyAny>>, timeout: Option<&Bound<'_, PyAny>>) -> PyResult<Py<Permit>> {
+    #[pyo3(signature = (tokens = None, *, timeout = None), text_signature = "($self, tokens=0, *, timeout=None)")]
+    fn acquire(
+        &self,
+        py: Python<'_>,
+        tokens: Option<&Bound<'_, PyAny>>,
+        timeout: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Py<Permit>> {
         let request = request(tokens, false)?;
         let secs = args::timeout(timeout)?;
         match wait::block_on(py, &self.gate, request, secs)? {
@@ -107,18 +119,33 @@ impl Limiter {
     }
 
     /// A permit if one can be had now without waiting, else None.
-    #[pyo3(signature = (tokens = None))]
-    fn try_acquire(&self, py: Python<'_>, tokens: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Py<Permit>>> {
+    #[pyo3(signature = (tokens = None), text_signature = "($self, tokens=0)")]
+    fn try_acquire(
+        &self,
+        py: Python<'_>,
+        tokens: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Option<Py<Permit>>> {
         let request = request(tokens, false)?;
-        self.gate.try_acquire(request)?.map(|grant| self.permit(py, grant)).transpose()
+        self.gate
+            .try_acquire(request)?
+            .map(|grant| self.permit(py, grant))
+            .transpose()
     }
 
     /// Awaits a permit without blocking the event loop.
-    #[pyo3(signature = (tokens = None, *, timeout = None))]
-    fn acquire_async(&self, py: Python<'_>, tokens: Option<&Bound<'_, PyAny>>, timeout: Option<&Bound<'_, PyAny>>) -> PyResult<Py<PyAny>> {
+    #[pyo3(signature = (tokens = None, *, timeout = None), text_signature = "($self, tokens=0, *, timeout=None)")]
+    fn acquire_async(
+        &self,
+        py: Python<'_>,
+        tokens: Option<&Bound<'_, PyAny>>,
+        timeout: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
         let request = request(tokens, false)?;
         let secs = args::timeout(timeout)?;
-        let outcome = PermitOutcome { gate: Arc::clone(&self.gate), timeout: secs.unwrap_or(f64::INFINITY) };
+        let outcome = PermitOutcome {
+            gate: Arc::clone(&self.gate),
+            timeout: secs.unwrap_or(f64::INFINITY),
+        };
         wait::acquire_async(py, &self.gate, request, secs, outcome)
     }
 
@@ -127,39 +154,59 @@ impl Limiter {
         Ok(())
     }
 
-    fn __exit__(&self, _exc_type: &Bound<'_, PyAny>, _exc: &Bound<'_, PyAny>, _tb: &Bound<'_, PyAny>) {
-        self.gate.with_resource(|budget, _| budget.release_anonymous());
+    fn __exit__(
+        &self,
+        _exc_type: &Bound<'_, PyAny>,
+        _exc: &Bound<'_, PyAny>,
+        _tb: &Bound<'_, PyAny>,
+    ) {
+        self.gate
+            .with_resource(|budget, _| budget.release_anonymous());
     }
 
     fn __aenter__(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         wait::acquire_async(py, &self.gate, request(None, true)?, None, AnonymousOutcome)
     }
 
-    fn __aexit__(&self, py: Python<'_>, _exc_type: &Bound<'_, PyAny>, _exc: &Bound<'_, PyAny>, _tb: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
-        self.gate.with_resource(|budget, _| budget.release_anonymous());
+    fn __aexit__(
+        &self,
+        py: Python<'_>,
+        _exc_type: &Bound<'_, PyAny>,
+        _exc: &Bound<'_, PyAny>,
+        _tb: &Bound<'_, PyAny>,
+    ) -> PyResult<Py<PyAny>> {
+        self.gate
+            .with_resource(|budget, _| budget.release_anonymous());
         wait::ready(py, py.None())
     }
 
     /// Decorates a sync or async function: each call holds a permit.
     fn __call__(slf: &Bound<'_, Self>, function: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
-        let decorate = slf.py().import("crewthrottle._decorate")?.getattr("limit")?;
+        let decorate = slf
+            .py()
+            .import("crewthrottle._decorate")?
+            .getattr("limit")?;
         Ok(decorate.call1((slf, function))?.unbind())
     }
 
     /// Grants nothing for `seconds` (a provider said Retry-After); a longer pause wins.
     fn pause(&self, seconds: &Bound<'_, PyAny>) -> PyResult<()> {
         let seconds = args::seconds(seconds, "seconds", false)?;
-        self.gate.with_resource(|budget, now| budget.pause(now, seconds));
+        self.gate
+            .with_resource(|budget, now| budget.pause(now, seconds));
         Ok(())
     }
 
     /// Live figures: in_flight, waiting, acquired, timeouts, cancelled, tokens_granted,
     /// requests_in_window, tokens_in_window, paused_for, total_wait, max_wait (seconds).
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let (figures, paused_for, counters, waiting) = self.gate.inspect(|budget, counters, waiting, now| {
-            let paused = budget.paused_until(now).map_or(0.0, |until| (until.as_u64() - now.as_u64()) as f64 / 1e9);
-            (budget.figures(now), paused, *counters, waiting)
-        });
+        let (figures, paused_for, counters, waiting) =
+            self.gate.inspect(|budget, counters, waiting, now| {
+                let paused = budget
+                    .paused_until(now)
+                    .map_or(0.0, |until| (until.as_u64() - now.as_u64()) as f64 / 1e9);
+                (budget.figures(now), paused, *counters, waiting)
+            });
         let stats = gate_stats(py, &counters, waiting)?;
         stats.set_item("in_flight", figures.in_flight)?;
         stats.set_item("tokens_granted", figures.tokens_granted)?;
@@ -210,10 +257,22 @@ impl Limiter {
 
     fn __repr__(slf: &Bound<'_, Self>) -> PyResult<String> {
         let this = slf.get();
-        let LimiterConfig { max_concurrent, rpm, tpm, window, burst } = this.config;
-        let (in_flight, waiting) = this.gate.inspect(|budget, _, waiting, now| (budget.figures(now).in_flight, waiting));
+        let LimiterConfig {
+            max_concurrent,
+            rpm,
+            tpm,
+            window,
+            burst,
+        } = this.config;
+        let (in_flight, waiting) = this
+            .gate
+            .inspect(|budget, _, waiting, now| (budget.figures(now).in_flight, waiting));
         let show = |v: Option<u64>| v.map_or_else(|| "None".to_owned(), |v| v.to_string());
-        let name = this.name.as_ref().map(|n| format!(" {n:?}")).unwrap_or_default();
+        let name = this
+            .name
+            .as_ref()
+            .map(|n| format!(" {n:?}"))
+            .unwrap_or_default();
         Ok(format!(
             "<{}{name} max_concurrent={} rpm={} tpm={} window={window:?} burst={}: in_flight={in_flight} waiting={waiting}>",
             qualified_name(&slf.get_type())?,

@@ -23,7 +23,11 @@ pub struct Permit {
 impl Permit {
     /// A permit for `grant`, made by `gate`.
     pub fn new(gate: Arc<Gate<LimiterBudget>>, grant: LimiterGrant) -> Self {
-        Permit { gate, grant: Mutex::new(grant), released: AtomicBool::new(false) }
+        Permit {
+            gate,
+            grant: Mutex::new(grant),
+            released: AtomicBool::new(false),
+        }
     }
 
     fn release_once(&self) {
@@ -47,7 +51,8 @@ impl Permit {
         let actual = args::count(actual_tokens, "actual_tokens", 0)?;
         // Settle on a copy so no permit lock is held while the gate wakes waiters.
         let mut grant = *self.grant.lock();
-        self.gate.with_resource(|budget, now| budget.settle(&mut grant, actual, now));
+        self.gate
+            .with_resource(|budget, now| budget.settle(&mut grant, actual, now));
         *self.grant.lock() = grant;
         Ok(())
     }
@@ -68,7 +73,12 @@ impl Permit {
         slf
     }
 
-    fn __exit__(&self, _exc_type: &Bound<'_, PyAny>, _exc: &Bound<'_, PyAny>, _tb: &Bound<'_, PyAny>) {
+    fn __exit__(
+        &self,
+        _exc_type: &Bound<'_, PyAny>,
+        _exc: &Bound<'_, PyAny>,
+        _tb: &Bound<'_, PyAny>,
+    ) {
         self.release_once();
     }
 
@@ -76,7 +86,13 @@ impl Permit {
         wait::ready(py, slf.into_any())
     }
 
-    fn __aexit__(&self, py: Python<'_>, _exc_type: &Bound<'_, PyAny>, _exc: &Bound<'_, PyAny>, _tb: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+    fn __aexit__(
+        &self,
+        py: Python<'_>,
+        _exc_type: &Bound<'_, PyAny>,
+        _exc: &Bound<'_, PyAny>,
+        _tb: &Bound<'_, PyAny>,
+    ) -> PyResult<Py<PyAny>> {
         self.release_once();
         wait::ready(py, py.None())
     }

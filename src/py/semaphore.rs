@@ -34,33 +34,48 @@ impl AsyncOutcome<SemaphoreCount> for Flag {
 }
 
 impl Semaphore {
-    fn with_count(py: Python<'_>, value: Option<&Bound<'_, PyAny>>, bounded: bool) -> PyResult<Self> {
+    fn with_count(
+        py: Python<'_>,
+        value: Option<&Bound<'_, PyAny>>,
+        bounded: bool,
+    ) -> PyResult<Self> {
         let value = match value.map(|v| args::count(v, "value", 0)) {
             None => 1,
             Some(Err(err)) if err.is_instance_of::<PyValueError>(py) => {
-                return Err(PyValueError::new_err("semaphore initial value must be >= 0"))
+                return Err(PyValueError::new_err(
+                    "semaphore initial value must be >= 0",
+                ))
             }
             Some(other) => other?,
         };
         let gate = Gate::new(SemaphoreCount::new(value, bounded), Clock::monotonic());
-        Ok(Semaphore { gate: new_gate(py, gate) })
+        Ok(Semaphore {
+            gate: new_gate(py, gate),
+        })
     }
 }
 
 #[pymethods]
 impl Semaphore {
     #[new]
-    #[pyo3(signature = (value = None))]
+    #[pyo3(signature = (value = None), text_signature = "(value=1)")]
     fn new(py: Python<'_>, value: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
         Semaphore::with_count(py, value, false)
     }
 
     /// Takes a permit; see `threading.Semaphore.acquire`.
     #[pyo3(signature = (blocking = true, timeout = None))]
-    fn acquire(&self, py: Python<'_>, blocking: bool, timeout: Option<&Bound<'_, PyAny>>) -> PyResult<bool> {
+    fn acquire(
+        &self,
+        py: Python<'_>,
+        blocking: bool,
+        timeout: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<bool> {
         if !blocking {
             if timeout.is_some_and(|t| !t.is_none()) {
-                return Err(PyValueError::new_err("can't specify timeout for non-blocking acquire"));
+                return Err(PyValueError::new_err(
+                    "can't specify timeout for non-blocking acquire",
+                ));
             }
             return Ok(self.gate.try_acquire(())?.is_some());
         }
@@ -70,16 +85,21 @@ impl Semaphore {
 
     /// Awaits a permit; returns False if `timeout` seconds pass first.
     #[pyo3(signature = (timeout = None))]
-    fn acquire_async(&self, py: Python<'_>, timeout: Option<&Bound<'_, PyAny>>) -> PyResult<Py<PyAny>> {
+    fn acquire_async(
+        &self,
+        py: Python<'_>,
+        timeout: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
         let timeout = args::timeout(timeout)?;
         wait::acquire_async(py, &self.gate, (), timeout, Flag)
     }
 
     /// Gives back `n` permits; a `BoundedSemaphore` refuses to pass its initial value.
-    #[pyo3(signature = (n = None))]
+    #[pyo3(signature = (n = None), text_signature = "($self, n=1)")]
     fn release(&self, n: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
         let n = match n {
-            Some(n) => args::count(n, "n", 1).map_err(|_| PyValueError::new_err("n must be one or more"))?,
+            Some(n) => args::count(n, "n", 1)
+                .map_err(|_| PyValueError::new_err("n must be one or more"))?,
             None => 1,
         };
         Ok(self.gate.with_resource(|count, _| count.release(n))?)
@@ -89,35 +109,57 @@ impl Semaphore {
         self.acquire(py, true, None)
     }
 
-    fn __exit__(&self, _exc_type: &Bound<'_, PyAny>, _exc: &Bound<'_, PyAny>, _tb: &Bound<'_, PyAny>) -> PyResult<()> {
-        self.gate.with_resource(|count, _| count.release(1)).map_err(PyErr::from)
+    fn __exit__(
+        &self,
+        _exc_type: &Bound<'_, PyAny>,
+        _exc: &Bound<'_, PyAny>,
+        _tb: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        self.gate
+            .with_resource(|count, _| count.release(1))
+            .map_err(PyErr::from)
     }
 
     fn __aenter__(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         self.acquire_async(py, None)
     }
 
-    fn __aexit__(&self, py: Python<'_>, _exc_type: &Bound<'_, PyAny>, _exc: &Bound<'_, PyAny>, _tb: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+    fn __aexit__(
+        &self,
+        py: Python<'_>,
+        _exc_type: &Bound<'_, PyAny>,
+        _exc: &Bound<'_, PyAny>,
+        _tb: &Bound<'_, PyAny>,
+    ) -> PyResult<Py<PyAny>> {
         self.gate.with_resource(|count, _| count.release(1))?;
         wait::ready(py, py.None())
     }
 
     /// Counters: waiting, acquired, timeouts, cancelled, total_wait, max_wait (seconds).
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let (counters, waiting, value) = self.gate.inspect(|count, counters, waiting, _| (*counters, waiting, count.value()));
+        let (counters, waiting, value) = self
+            .gate
+            .inspect(|count, counters, waiting, _| (*counters, waiting, count.value()));
         let stats = gate_stats(py, &counters, waiting)?;
         stats.set_item("value", value)?;
         Ok(stats)
     }
 
     fn __repr__(slf: &Bound<'_, Self>) -> PyResult<String> {
-        let (value, bound) = slf.get().gate.inspect(|count, _, _, _| (count.value(), count.bound()));
+        let (value, bound) = slf
+            .get()
+            .gate
+            .inspect(|count, _, _, _| (count.value(), count.bound()));
         let cls = slf.get_type();
         let value = match bound {
             Some(bound) => format!("{value}/{bound}"),
             None => value.to_string(),
         };
-        Ok(format!("<{} at {:#x}: value={value}>", qualified_name(&cls)?, slf.as_ptr() as usize))
+        Ok(format!(
+            "<{} at {:#x}: value={value}>",
+            qualified_name(&cls)?,
+            slf.as_ptr() as usize
+        ))
     }
 }
 
@@ -133,7 +175,7 @@ pub struct BoundedSemaphore;
 #[pymethods]
 impl BoundedSemaphore {
     #[new]
-    #[pyo3(signature = (value = None))]
+    #[pyo3(signature = (value = None), text_signature = "(value=1)")]
     fn new(py: Python<'_>, value: Option<&Bound<'_, PyAny>>) -> PyResult<PyClassInitializer<Self>> {
         let base = Semaphore::with_count(py, value, true)?;
         Ok(PyClassInitializer::from(base).add_subclass(BoundedSemaphore))

@@ -6,7 +6,11 @@ use pyo3::types::PyDict;
 use crate::core::gate::GateCounters;
 
 /// A `stats()` dict with the gate's counters (times in seconds).
-pub fn gate_stats<'py>(py: Python<'py>, counters: &GateCounters, waiting: usize) -> PyResult<Bound<'py, PyDict>> {
+pub fn gate_stats<'py>(
+    py: Python<'py>,
+    counters: &GateCounters,
+    waiting: usize,
+) -> PyResult<Bound<'py, PyDict>> {
     let stats = PyDict::new(py);
     stats.set_item("waiting", waiting)?;
     stats.set_item("acquired", counters.acquired)?;

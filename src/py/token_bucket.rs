@@ -42,8 +42,13 @@ fn tokens(n: &Bound<'_, PyAny>) -> PyResult<u32> {
 #[pymethods]
 impl TokenBucket {
     #[new]
-    #[pyo3(signature = (rate, per = None, burst = None))]
-    fn new(py: Python<'_>, rate: &Bound<'_, PyAny>, per: Option<&Bound<'_, PyAny>>, burst: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
+    #[pyo3(signature = (rate, per = None, burst = None), text_signature = "(rate, per=1.0, burst=None)")]
+    fn new(
+        py: Python<'_>,
+        rate: &Bound<'_, PyAny>,
+        per: Option<&Bound<'_, PyAny>>,
+        burst: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
         let rate = args::number(rate, "rate")?;
         let per = match per {
             Some(per) => args::seconds(per, "per", true)?,
@@ -53,16 +58,27 @@ impl TokenBucket {
         let config = BucketConfig::new(rate, per, burst)?;
         let clock = Clock::monotonic();
         let gate = Gate::new(TokenBucketBudget::new(config, clock.clone()), clock);
-        Ok(TokenBucket { gate: new_gate(py, gate), config })
+        Ok(TokenBucket {
+            gate: new_gate(py, gate),
+            config,
+        })
     }
 
     /// Takes `n` tokens, waiting (GIL released) unless `blocking` is False.
-    #[pyo3(signature = (n = None, blocking = true, timeout = None))]
-    fn acquire(&self, py: Python<'_>, n: Option<&Bound<'_, PyAny>>, blocking: bool, timeout: Option<&Bound<'_, PyAny>>) -> PyResult<bool> {
+    #[pyo3(signature = (n = None, blocking = true, timeout = None), text_signature = "($self, n=1, blocking=True, timeout=None)")]
+    fn acquire(
+        &self,
+        py: Python<'_>,
+        n: Option<&Bound<'_, PyAny>>,
+        blocking: bool,
+        timeout: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<bool> {
         let n = n.map(tokens).transpose()?.unwrap_or(1);
         if !blocking {
             if timeout.is_some_and(|t| !t.is_none()) {
-                return Err(PyValueError::new_err("can't specify timeout for non-blocking acquire"));
+                return Err(PyValueError::new_err(
+                    "can't specify timeout for non-blocking acquire",
+                ));
             }
             return Ok(self.gate.try_acquire(n)?.is_some());
         }
@@ -71,15 +87,20 @@ impl TokenBucket {
     }
 
     /// Takes `n` tokens if they are available now and nobody is waiting.
-    #[pyo3(signature = (n = None))]
+    #[pyo3(signature = (n = None), text_signature = "($self, n=1)")]
     fn try_acquire(&self, n: Option<&Bound<'_, PyAny>>) -> PyResult<bool> {
         let n = n.map(tokens).transpose()?.unwrap_or(1);
         Ok(self.gate.try_acquire(n)?.is_some())
     }
 
     /// Awaits `n` tokens; False if `timeout` seconds pass first.
-    #[pyo3(signature = (n = None, timeout = None))]
-    fn acquire_async(&self, py: Python<'_>, n: Option<&Bound<'_, PyAny>>, timeout: Option<&Bound<'_, PyAny>>) -> PyResult<Py<PyAny>> {
+    #[pyo3(signature = (n = None, timeout = None), text_signature = "($self, n=1, timeout=None)")]
+    fn acquire_async(
+        &self,
+        py: Python<'_>,
+        n: Option<&Bound<'_, PyAny>>,
+        timeout: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
         let n = n.map(tokens).transpose()?.unwrap_or(1);
         let timeout = args::timeout(timeout)?;
         wait::acquire_async(py, &self.gate, n, timeout, Flag)
@@ -88,7 +109,8 @@ impl TokenBucket {
     /// Grants nothing for `seconds` (a provider said Retry-After); a longer pause wins.
     fn pause(&self, seconds: &Bound<'_, PyAny>) -> PyResult<()> {
         let seconds = args::seconds(seconds, "seconds", false)?;
-        self.gate.with_resource(|bucket, now| bucket.pause(now, seconds));
+        self.gate
+            .with_resource(|bucket, now| bucket.pause(now, seconds));
         Ok(())
     }
 
@@ -109,7 +131,9 @@ impl TokenBucket {
 
     /// Counters: waiting, acquired, timeouts, cancelled, total_wait, max_wait (seconds).
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let (counters, waiting) = self.gate.inspect(|_, counters, waiting, _| (*counters, waiting));
+        let (counters, waiting) = self
+            .gate
+            .inspect(|_, counters, waiting, _| (*counters, waiting));
         gate_stats(py, &counters, waiting)
     }
 
@@ -117,6 +141,8 @@ impl TokenBucket {
         let BucketConfig { rate, per, burst } = slf.get().config;
         let waiting = slf.get().gate.inspect(|_, _, waiting, _| waiting);
         let cls = qualified_name(&slf.get_type())?;
-        Ok(format!("<{cls} rate={rate} per={per} burst={burst}: waiting={waiting}>"))
+        Ok(format!(
+            "<{cls} rate={rate} per={per} burst={burst}: waiting={waiting}>"
+        ))
     }
 }

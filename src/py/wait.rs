@@ -54,7 +54,11 @@ pub fn block_on<R: Resource>(
         Acquired::Queued(ticket) => ticket,
     };
     let deadline = timeout.and_then(|t| Instant::now().checked_add(Duration::from_secs_f64(t)));
-    let slice = if is_main_thread(py)? { Some(SIGNAL_SLICE) } else { None };
+    let slice = if is_main_thread(py)? {
+        Some(SIGNAL_SLICE)
+    } else {
+        None
+    };
     let waker = Waker::from(Arc::new(ThreadWaker(thread::current())));
     loop {
         match py.detach(|| park_until_step(gate, ticket, &waker, deadline, slice)) {
@@ -110,20 +114,26 @@ fn until<R: Resource>(gate: &Gate<R>, at: Nanos) -> Duration {
 
 fn is_main_thread(py: Python<'_>) -> PyResult<bool> {
     static THREADING: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
-    let threading = THREADING.get_or_try_init(py, || py.import("threading").map(Bound::unbind))?.bind(py);
+    let threading = THREADING
+        .get_or_try_init(py, || py.import("threading").map(Bound::unbind))?
+        .bind(py);
     let main_ident = threading.call_method0("main_thread")?.getattr("ident")?;
-    Ok(threading.call_method0("get_ident")?.eq(main_ident)?)
+    threading.call_method0("get_ident")?.eq(main_ident)
 }
 
 /// `crewthrottle._waiting`, the Python half of async waiting.
 pub fn waiting_module(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
     static WAITING: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
-    Ok(WAITING.get_or_try_init(py, || py.import("crewthrottle._waiting").map(Bound::unbind))?.bind(py))
+    Ok(WAITING
+        .get_or_try_init(py, || py.import("crewthrottle._waiting").map(Bound::unbind))?
+        .bind(py))
 }
 
 /// An awaitable that is already done: `value`.
 pub fn ready(py: Python<'_>, value: Py<PyAny>) -> PyResult<Py<PyAny>> {
-    Ok(waiting_module(py)?.call_method1("ready", (value,))?.unbind())
+    Ok(waiting_module(py)?
+        .call_method1("ready", (value,))?
+        .unbind())
 }
 
 /// Wakes an asyncio future from any thread: `loop.call_soon_threadsafe(_wake, fut)`.
@@ -142,7 +152,9 @@ impl Wake for LoopWaker {
         Python::attach(|py| {
             // A closed loop cannot be woken; its task is cancelled or collected, and then
             // abandons its ticket.
-            let _ = self.call_soon_threadsafe.call1(py, (self.wake.clone_ref(py), self.future.clone_ref(py)));
+            let _ = self
+                .call_soon_threadsafe
+                .call1(py, (self.wake.clone_ref(py), self.future.clone_ref(py)));
         });
     }
 }
@@ -158,7 +170,12 @@ pub trait AsyncOutcome<R: Resource>: Send + Sync + 'static {
 /// One queued async acquisition, driven by `crewthrottle._waiting.wait`.
 pub trait AsyncWait: Send + Sync {
     /// `(True, result)` once granted, else `(False, seconds until the next poll or None)`.
-    fn poll<'py>(&self, py: Python<'py>, event_loop: &Bound<'py, PyAny>, future: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyTuple>>;
+    fn poll<'py>(
+        &self,
+        py: Python<'py>,
+        event_loop: &Bound<'py, PyAny>,
+        future: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyTuple>>;
     /// Gives up: on timeout returns (or raises) the timed-out result.
     fn abandon(&self, py: Python<'_>, timed_out: bool) -> PyResult<Py<PyAny>>;
 }
@@ -178,7 +195,12 @@ impl<R: Resource, O: AsyncOutcome<R>> GateWait<R, O> {
 }
 
 impl<R: Resource, O: AsyncOutcome<R>> AsyncWait for GateWait<R, O> {
-    fn poll<'py>(&self, py: Python<'py>, event_loop: &Bound<'py, PyAny>, future: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyTuple>> {
+    fn poll<'py>(
+        &self,
+        py: Python<'py>,
+        event_loop: &Bound<'py, PyAny>,
+        future: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyTuple>> {
         let waker = Waker::from(Arc::new(LoopWaker {
             call_soon_threadsafe: event_loop.getattr("call_soon_threadsafe")?.unbind(),
             wake: waiting_module(py)?.getattr("wake")?.unbind(),
@@ -188,11 +210,23 @@ impl<R: Resource, O: AsyncOutcome<R>> AsyncWait for GateWait<R, O> {
             Polled::Ready(grant) => {
                 self.finished.store(true, Ordering::Release);
                 let result = self.outcome.granted(py, grant)?;
-                PyTuple::new(py, [true.into_pyobject(py)?.to_owned().into_any(), result.into_bound(py)])
+                PyTuple::new(
+                    py,
+                    [
+                        true.into_pyobject(py)?.to_owned().into_any(),
+                        result.into_bound(py),
+                    ],
+                )
             }
             Polled::Pending(at) => {
                 let delay = at.map(|at| until(&self.gate, at).as_secs_f64());
-                PyTuple::new(py, [false.into_pyobject(py)?.to_owned().into_any(), delay.into_pyobject(py)?.into_any()])
+                PyTuple::new(
+                    py,
+                    [
+                        false.into_pyobject(py)?.to_owned().into_any(),
+                        delay.into_pyobject(py)?.into_any(),
+                    ],
+                )
             }
             Polled::Unknown => Err(lost_ticket()),
         }
@@ -200,7 +234,11 @@ impl<R: Resource, O: AsyncOutcome<R>> AsyncWait for GateWait<R, O> {
 
     fn abandon(&self, py: Python<'_>, timed_out: bool) -> PyResult<Py<PyAny>> {
         if self.finish() {
-            let why = if timed_out { Abandon::Timeout } else { Abandon::Cancelled };
+            let why = if timed_out {
+                Abandon::Timeout
+            } else {
+                Abandon::Cancelled
+            };
             self.gate.abandon(self.ticket, why);
         }
         if timed_out {
@@ -226,7 +264,12 @@ pub struct Waiting(Box<dyn AsyncWait>);
 
 #[pymethods]
 impl Waiting {
-    fn poll<'py>(&self, py: Python<'py>, event_loop: &Bound<'py, PyAny>, future: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyTuple>> {
+    fn poll<'py>(
+        &self,
+        py: Python<'py>,
+        event_loop: &Bound<'py, PyAny>,
+        future: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyTuple>> {
         self.0.poll(py, event_loop, future)
     }
 
@@ -251,12 +294,19 @@ struct Unstarted<R: Resource, O: AsyncOutcome<R>> {
 impl<R: Resource, O: AsyncOutcome<R>> Start for Unstarted<R, O> {
     fn start(&self, py: Python<'_>) -> PyResult<(bool, Py<PyAny>)> {
         let Some(outcome) = self.outcome.lock().take() else {
-            return Err(pyo3::exceptions::PyRuntimeError::new_err("this acquisition was already awaited"));
+            return Err(pyo3::exceptions::PyRuntimeError::new_err(
+                "this acquisition was already awaited",
+            ));
         };
         match self.gate.acquire(self.request)? {
             Acquired::Now(grant) => Ok((true, outcome.granted(py, grant)?)),
             Acquired::Queued(ticket) => {
-                let wait = GateWait { gate: Arc::clone(&self.gate), ticket, finished: AtomicBool::new(false), outcome };
+                let wait = GateWait {
+                    gate: Arc::clone(&self.gate),
+                    ticket,
+                    finished: AtomicBool::new(false),
+                    outcome,
+                };
                 Ok((false, Py::new(py, Waiting(Box::new(wait)))?.into_any()))
             }
         }
@@ -284,7 +334,13 @@ pub fn acquire_async<R: Resource, O: AsyncOutcome<R>>(
     outcome: O,
 ) -> PyResult<Py<PyAny>> {
     gate.validate(&request)?;
-    let unstarted = Unstarted { gate: Arc::clone(gate), request, outcome: parking_lot::Mutex::new(Some(outcome)) };
+    let unstarted = Unstarted {
+        gate: Arc::clone(gate),
+        request,
+        outcome: parking_lot::Mutex::new(Some(outcome)),
+    };
     let acquisition = Py::new(py, Acquisition(Box::new(unstarted)))?;
-    Ok(waiting_module(py)?.call_method1("acquire", (acquisition, timeout))?.unbind())
+    Ok(waiting_module(py)?
+        .call_method1("acquire", (acquisition, timeout))?
+        .unbind())
 }

@@ -42,7 +42,11 @@ fn waiters_are_served_first_come_first_served() {
     }
     for (i, &t) in tickets.iter().enumerate() {
         gate.with_resource(|sem, _| sem.release(1)).unwrap();
-        assert_eq!(gate.poll(t, &waker), Polled::Ready(()), "waiter {i} should be next");
+        assert_eq!(
+            gate.poll(t, &waker),
+            Polled::Ready(()),
+            "waiter {i} should be next"
+        );
         for &later in &tickets[i + 1..] {
             assert_eq!(gate.poll(later, &waker), Polled::Pending(None));
         }
@@ -83,7 +87,10 @@ fn abandoning_a_granted_ticket_gives_the_grant_back() {
     let ticket = queued(gate.acquire(()).unwrap());
     gate.with_resource(|sem, _| sem.release(1)).unwrap();
     gate.abandon(ticket, Abandon::Cancelled);
-    assert_eq!(gate.inspect(|sem, counters, waiting, _| (sem.value(), counters.cancelled, waiting)), (1, 1, 0));
+    assert_eq!(
+        gate.inspect(|sem, counters, waiting, _| (sem.value(), counters.cancelled, waiting)),
+        (1, 1, 0)
+    );
     let (_, waker) = counting_waker();
     assert_eq!(gate.poll(ticket, &waker), Polled::Unknown);
 }
@@ -105,20 +112,29 @@ fn abandoning_the_head_serves_the_next_waiter() {
 #[test]
 fn only_the_head_gets_a_retry_instant_and_a_large_request_is_not_starved() {
     let clock = Clock::manual();
-    let bucket = TokenBucketBudget::new(BucketConfig::new(10.0, 1.0, Some(10)).unwrap(), clock.clone());
+    let bucket = TokenBucketBudget::new(
+        BucketConfig::new(10.0, 1.0, Some(10)).unwrap(),
+        clock.clone(),
+    );
     let gate = Gate::new(bucket, clock.clone());
     assert!(matches!(gate.acquire(10).unwrap(), Acquired::Now(())));
     let big = queued(gate.acquire(10).unwrap());
     let small = queued(gate.acquire(1).unwrap());
     let (_, waker) = counting_waker();
-    assert_eq!(gate.poll(big, &waker), Polled::Pending(Some(Nanos::new(1_000_000_000))));
+    assert_eq!(
+        gate.poll(big, &waker),
+        Polled::Pending(Some(Nanos::new(1_000_000_000)))
+    );
     assert_eq!(gate.poll(small, &waker), Polled::Pending(None));
     // Half-way, one token would fit, but the small request waits behind the big one.
     clock.advance(Duration::from_millis(500));
     assert_eq!(gate.poll(small, &waker), Polled::Pending(None));
     clock.advance(Duration::from_millis(500));
     assert_eq!(gate.poll(big, &waker), Polled::Ready(()));
-    assert_eq!(gate.poll(small, &waker), Polled::Pending(Some(Nanos::new(1_100_000_000))));
+    assert_eq!(
+        gate.poll(small, &waker),
+        Polled::Pending(Some(Nanos::new(1_100_000_000)))
+    );
 }
 
 #[test]
@@ -131,7 +147,14 @@ fn wait_times_are_counted() {
     let (_, waker) = counting_waker();
     assert_eq!(gate.poll(ticket, &waker), Polled::Ready(()));
     let counters = gate.inspect(|_, c, _, _| *c);
-    assert_eq!((counters.acquired, counters.max_wait_ns, counters.total_wait_ns), (1, 250_000_000, 250_000_000));
+    assert_eq!(
+        (
+            counters.acquired,
+            counters.max_wait_ns,
+            counters.total_wait_ns
+        ),
+        (1, 250_000_000, 250_000_000)
+    );
 }
 
 #[test]

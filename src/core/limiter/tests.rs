@@ -17,7 +17,10 @@ fn limiter(
 }
 
 fn req(tokens: u64) -> LimiterRequest {
-    LimiterRequest { tokens, anonymous: false }
+    LimiterRequest {
+        tokens,
+        anonymous: false,
+    }
 }
 
 fn granted(check: Check<LimiterGrant>) -> LimiterGrant {
@@ -36,7 +39,13 @@ fn saturate(budget: &mut LimiterBudget, clock: &Clock, tokens: u64, until: u64) 
         if now.as_u64() >= until {
             return starts;
         }
-        match budget.try_take(&LimiterRequest { tokens, anonymous: false }, now) {
+        match budget.try_take(
+            &LimiterRequest {
+                tokens,
+                anonymous: false,
+            },
+            now,
+        ) {
             Check::Granted(grant) => {
                 starts.push(now.as_u64());
                 budget.release(&grant);
@@ -75,22 +84,41 @@ fn rpm_is_exact_in_every_window_and_fully_used() {
     for burst in [1, 5, 30] {
         let (mut b, clock) = limiter(None, Some(60), None, 6.0, Some(burst));
         let starts = saturate(&mut b, &clock, 0, 60 * SEC);
-        assert!(max_in_any_window(&starts, 6 * SEC) <= 60, "burst {burst}: window over the limit");
+        assert!(
+            max_in_any_window(&starts, 6 * SEC) <= 60,
+            "burst {burst}: window over the limit"
+        );
         // Ten windows' worth of budget, all of it used.
         assert_eq!(starts.len(), 600, "burst {burst}: utilisation");
         // And spread out: never more than `burst` back to back.
-        let max_same_instant = starts.chunk_by(|a, b| a == b).map(<[u64]>::len).max().unwrap();
-        assert!(max_same_instant as u64 <= burst, "burst {burst}: {max_same_instant} at one instant");
+        let max_same_instant = starts
+            .chunk_by(|a, b| a == b)
+            .map(<[u64]>::len)
+            .max()
+            .unwrap();
+        assert!(
+            max_same_instant as u64 <= burst,
+            "burst {burst}: {max_same_instant} at one instant"
+        );
     }
 }
 
 #[test]
 fn default_burst_is_about_one_seconds_share() {
-    let burst = |rpm, window| LimiterConfig::new(None, Some(rpm), None, window, None).unwrap().burst;
+    let burst = |rpm, window| {
+        LimiterConfig::new(None, Some(rpm), None, window, None)
+            .unwrap()
+            .burst
+    };
     assert_eq!(burst(600, 60.0), Some(10));
     assert_eq!(burst(30, 60.0), Some(1));
     assert_eq!(burst(5, 1.0), Some(5));
-    assert_eq!(LimiterConfig::new(None, None, Some(100), 60.0, None).unwrap().burst, None);
+    assert_eq!(
+        LimiterConfig::new(None, None, Some(100), 60.0, None)
+            .unwrap()
+            .burst,
+        None
+    );
 }
 
 #[test]
@@ -99,7 +127,10 @@ fn tpm_is_exact_and_one_request_may_take_all_of_it() {
     assert!(b.validate(&req(1000)).is_ok());
     assert_eq!(b.validate(&req(1001)).unwrap_err().name, "tokens");
     granted(b.try_take(&req(1000), clock.now()));
-    assert_eq!(b.try_take(&req(1), clock.now()), Check::RetryAt(Nanos::new(60 * SEC)));
+    assert_eq!(
+        b.try_take(&req(1), clock.now()),
+        Check::RetryAt(Nanos::new(60 * SEC))
+    );
     let starts = saturate(&mut b, &clock, 300, 600 * SEC);
     assert!(max_in_any_window(&starts, 60 * SEC) * 300 <= 1000);
 }
@@ -108,21 +139,30 @@ fn tpm_is_exact_and_one_request_may_take_all_of_it() {
 fn settle_refunds_to_the_grants_entry_or_charges_the_excess() {
     let (mut b, clock) = limiter(None, None, Some(1000), 60.0, None);
     let mut big = granted(b.try_take(&req(800), clock.now()));
-    assert!(matches!(b.try_take(&req(300), clock.now()), Check::RetryAt(_)));
+    assert!(matches!(
+        b.try_take(&req(300), clock.now()),
+        Check::RetryAt(_)
+    ));
     b.settle(&mut big, 100, clock.now());
     assert_eq!(b.figures(clock.now()).tokens_in_window, Some(100));
     let mut next = granted(b.try_take(&req(300), clock.now()));
     b.settle(&mut next, 900, clock.now());
     assert_eq!(b.figures(clock.now()).tokens_in_window, Some(1000));
     assert_eq!(b.figures(clock.now()).tokens_granted, 1000);
-    assert!(matches!(b.try_take(&req(1), clock.now()), Check::RetryAt(_)));
+    assert!(matches!(
+        b.try_take(&req(1), clock.now()),
+        Check::RetryAt(_)
+    ));
 }
 
 #[test]
 fn pause_stops_every_grant_until_it_ends() {
     let (mut b, clock) = limiter(Some(10), None, None, 60.0, None);
     b.pause(clock.now(), 20.0);
-    assert_eq!(b.try_take(&req(0), clock.now()), Check::RetryAt(Nanos::new(20 * SEC)));
+    assert_eq!(
+        b.try_take(&req(0), clock.now()),
+        Check::RetryAt(Nanos::new(20 * SEC))
+    );
     clock.advance(Duration::from_secs(20));
     granted(b.try_take(&req(0), clock.now()));
 }
@@ -133,7 +173,14 @@ fn an_abandoned_grant_is_refunded_to_the_windows() {
     let grant = granted(b.try_take(&req(10), clock.now()));
     b.give_back(grant, clock.now());
     let figures = b.figures(clock.now());
-    assert_eq!((figures.in_flight, figures.requests_in_window, figures.tokens_in_window), (0, Some(0), Some(0)));
+    assert_eq!(
+        (
+            figures.in_flight,
+            figures.requests_in_window,
+            figures.tokens_in_window
+        ),
+        (0, Some(0), Some(0))
+    );
 }
 
 #[test]
@@ -143,7 +190,11 @@ fn grants_from_before_a_fork_do_not_count_in_the_child() {
     b.after_fork_in_child(true);
     let after = granted(b.try_take(&req(0), clock.now()));
     b.release(&before);
-    assert_eq!(b.try_take(&req(0), clock.now()), Check::WaitForRelease, "the stale release changed nothing");
+    assert_eq!(
+        b.try_take(&req(0), clock.now()),
+        Check::WaitForRelease,
+        "the stale release changed nothing"
+    );
     b.release(&after);
     assert_eq!(b.figures(clock.now()).in_flight, 0);
 }
@@ -152,7 +203,13 @@ fn grants_from_before_a_fork_do_not_count_in_the_child() {
 fn anonymous_grants_release_in_any_order() {
     let (mut b, clock) = limiter(Some(2), None, None, 60.0, None);
     for _ in 0..2 {
-        granted(b.try_take(&LimiterRequest { tokens: 0, anonymous: true }, clock.now()));
+        granted(b.try_take(
+            &LimiterRequest {
+                tokens: 0,
+                anonymous: true,
+            },
+            clock.now(),
+        ));
     }
     assert!(b.release_anonymous());
     assert!(b.release_anonymous());
@@ -162,7 +219,11 @@ fn anonymous_grants_release_in_any_order() {
 
 #[test]
 fn bad_configuration_names_the_argument() {
-    let err = |mc, rpm, tpm, window, burst| LimiterConfig::new(mc, rpm, tpm, window, burst).unwrap_err().name;
+    let err = |mc, rpm, tpm, window, burst| {
+        LimiterConfig::new(mc, rpm, tpm, window, burst)
+            .unwrap_err()
+            .name
+    };
     assert_eq!(err(Some(0), None, None, 60.0, None), "max_concurrent");
     assert_eq!(err(None, Some(0), None, 60.0, None), "rpm");
     assert_eq!(err(None, None, Some(0), 60.0, None), "tpm");

@@ -1,0 +1,189 @@
+"""Type stubs for the native module ``crewthrottle._native`` (hand-written; checked by stubtest)."""
+
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Any, TypeVar, final
+
+from typing_extensions import Self, disjoint_base
+
+from crewthrottle._types import LimiterStats, SemaphoreStats, WaitStats
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+__all__ = [
+    "AcquireTimeout",
+    "BoundedSemaphore",
+    "Limiter",
+    "Permit",
+    "Semaphore",
+    "TokenBucket",
+    "_Acquisition",
+    "_Waiting",
+    "_after_fork_in_child",
+    "_after_fork_in_parent",
+    "_before_fork",
+]
+
+class AcquireTimeout(TimeoutError):
+    """No permit could be had before the timeout passed (a subclass of TimeoutError)."""
+
+@disjoint_base
+class Semaphore:
+    """A counting semaphore, a drop-in for ``threading.Semaphore``, that also serves any
+    number of event loops (``async with``, ``acquire_async``). Waiters are served in order."""
+
+    def __new__(cls, value: int = 1) -> Self: ...
+    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
+        """Take a permit, waiting with the GIL released; False if ``timeout`` seconds pass."""
+    def acquire_async(self, timeout: float | None = None) -> Awaitable[bool]:
+        """Await a permit without blocking the loop; False if ``timeout`` seconds pass."""
+    def release(self, n: int = 1) -> None:
+        """Give back ``n`` permits."""
+    def stats(self) -> SemaphoreStats:
+        """Counters: waiting, acquired, timeouts, cancelled, total/max wait (seconds), value."""
+    def __enter__(self) -> bool: ...
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+    def __aenter__(self) -> Awaitable[bool]: ...
+    def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> Awaitable[None]: ...
+
+class BoundedSemaphore(Semaphore):
+    """A semaphore that raises ``ValueError`` if released above its initial value."""
+
+    def __new__(cls, value: int = 1) -> Self: ...
+
+@final
+class TokenBucket:
+    """A GCRA token bucket: ``rate`` tokens every ``per`` seconds, at most ``burst`` at once
+    (default: ``rate`` rounded down, at least 1). Waiters are served in order, so a large
+    request is not starved by small ones."""
+
+    def __new__(cls, rate: float, per: float = 1.0, burst: int | None = None) -> Self: ...
+    @property
+    def rate(self) -> float: ...
+    @property
+    def per(self) -> float: ...
+    @property
+    def burst(self) -> int: ...
+    def acquire(self, n: int = 1, blocking: bool = True, timeout: float | None = None) -> bool:
+        """Take ``n`` tokens, waiting with the GIL released unless ``blocking`` is False."""
+    def try_acquire(self, n: int = 1) -> bool:
+        """Take ``n`` tokens if available now and nobody is waiting."""
+    def acquire_async(self, n: int = 1, timeout: float | None = None) -> Awaitable[bool]:
+        """Await ``n`` tokens; False if ``timeout`` seconds pass first."""
+    def pause(self, seconds: float) -> None:
+        """Grant nothing for ``seconds`` (a longer pause wins over a shorter one)."""
+    def stats(self) -> WaitStats: ...
+
+@final
+class Permit:
+    """One granted request of a ``Limiter``: a concurrency slot plus reserved tokens.
+
+    Released exactly once: by ``release()``, on leaving its ``with`` block, or when
+    garbage-collected."""
+
+    @property
+    def tokens(self) -> int:
+        """Tokens charged for this request (reserved, or as settled)."""
+    @property
+    def released(self) -> bool: ...
+    def release(self) -> None:
+        """Give the concurrency slot back (idempotent; the tokens stay spent)."""
+    def settle(self, actual_tokens: int) -> None:
+        """Correct the charged tokens to the real usage: refund the difference or charge the
+        excess."""
+    def __enter__(self) -> Permit: ...
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+    def __aenter__(self) -> Awaitable[Permit]: ...
+    def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> Awaitable[None]: ...
+
+@final
+class Limiter:
+    """One limit shared by every thread and event loop of the process.
+
+    ``max_concurrent`` permits out at once; never more than ``rpm`` requests nor ``tpm``
+    tokens started in any window of ``window`` seconds (default 60), requests spread evenly
+    with at most ``burst`` back to back (default: about one second's share of ``rpm``).
+    Waiters are served first come, first served, with the GIL released."""
+
+    def __new__(
+        cls,
+        *,
+        max_concurrent: int | None = None,
+        rpm: int | None = None,
+        tpm: int | None = None,
+        window: float = 60.0,
+        burst: int | None = None,
+        name: str | None = None,
+    ) -> Self: ...
+    @property
+    def name(self) -> str | None: ...
+    @property
+    def max_concurrent(self) -> int | None: ...
+    @property
+    def rpm(self) -> int | None: ...
+    @property
+    def tpm(self) -> int | None: ...
+    @property
+    def window(self) -> float: ...
+    @property
+    def burst(self) -> int | None: ...
+    def acquire(self, tokens: int = 0, *, timeout: float | None = None) -> Permit:
+        """Wait for a permit for ``tokens`` tokens; ``AcquireTimeout`` after ``timeout`` s."""
+    def try_acquire(self, tokens: int = 0) -> Permit | None:
+        """A permit if one can be had now without waiting, else None."""
+    def acquire_async(self, tokens: int = 0, *, timeout: float | None = None) -> Awaitable[Permit]:
+        """Await a permit without blocking the event loop."""
+    def pause(self, seconds: float) -> None:
+        """Grant no new permit for ``seconds`` (a provider said Retry-After)."""
+    def stats(self) -> LimiterStats: ...
+    def __enter__(self) -> None: ...
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+    def __aenter__(self) -> Awaitable[None]: ...
+    def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> Awaitable[None]: ...
+    def __call__(self, function: _F) -> _F:
+        """Decorate a sync or async function so each call holds a permit."""
+    def __copy__(self) -> Limiter: ...
+    def __deepcopy__(self, memo: Any) -> Limiter: ...
+
+@final
+class _Waiting:
+    def poll(self, event_loop: Any, future: Any) -> tuple[bool, Any]: ...
+    def abandon(self, *, timed_out: bool) -> Any: ...
+
+@final
+class _Acquisition:
+    def start(self) -> tuple[bool, Any]: ...
+
+def _before_fork() -> None: ...
+def _after_fork_in_parent() -> None: ...
+def _after_fork_in_child() -> None: ...
