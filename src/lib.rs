@@ -7,6 +7,8 @@ pub mod py;
 #[pyo3::pymodule(gil_used = false)]
 mod _native {
     #[pymodule_export]
+    use crate::py::backoff::BackoffSchedule;
+    #[pymodule_export]
     use crate::py::errors::AcquireTimeout;
     #[pymodule_export]
     use crate::py::fork::{_after_fork_in_child, _after_fork_in_parent, _before_fork};
@@ -14,6 +16,8 @@ mod _native {
     use crate::py::limiter::Limiter;
     #[pymodule_export]
     use crate::py::permit::Permit;
+    #[pymodule_export]
+    use crate::py::retry_budget::RetryBudget;
     #[pymodule_export]
     use crate::py::semaphore::{BoundedSemaphore, Semaphore};
     #[pymodule_export]

@@ -12,25 +12,34 @@ from __future__ import annotations
 
 import os
 
+from crewthrottle._backoff import Backoff, backoff, throttle
 from crewthrottle._native import (
     AcquireTimeout,
     BoundedSemaphore,
     Limiter,
     Permit,
+    RetryBudget,
     Semaphore,
     TokenBucket,
     _after_fork_in_child,
     _after_fork_in_parent,
     _before_fork,
 )
+from crewthrottle._rate_limit_errors import is_rate_limit_error, retry_after
 
 __all__ = [
     "AcquireTimeout",
+    "Backoff",
     "BoundedSemaphore",
     "Limiter",
     "Permit",
+    "RetryBudget",
     "Semaphore",
     "TokenBucket",
+    "backoff",
+    "is_rate_limit_error",
+    "retry_after",
+    "throttle",
 ]
 
 if hasattr(os, "register_at_fork"):

@@ -6,7 +6,7 @@ from typing import Any, TypeVar, final
 
 from typing_extensions import Self, disjoint_base
 
-from crewthrottle._types import LimiterStats, SemaphoreStats, WaitStats
+from crewthrottle._types import BudgetStats, LimiterStats, SemaphoreStats, WaitStats
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -15,9 +15,11 @@ __all__ = [
     "BoundedSemaphore",
     "Limiter",
     "Permit",
+    "RetryBudget",
     "Semaphore",
     "TokenBucket",
     "_Acquisition",
+    "_Schedule",
     "_Waiting",
     "_after_fork_in_child",
     "_after_fork_in_parent",
@@ -156,6 +158,7 @@ class Limiter:
     def pause(self, seconds: float) -> None:
         """Grant no new permit for ``seconds`` (a provider said Retry-After)."""
     def stats(self) -> LimiterStats: ...
+    def _count_retry(self, event: str) -> None: ...
     def __enter__(self) -> None: ...
     def __exit__(
         self,
@@ -174,6 +177,62 @@ class Limiter:
         """Decorate a sync or async function so each call holds a permit."""
     def __copy__(self) -> Limiter: ...
     def __deepcopy__(self, memo: Any) -> Limiter: ...
+
+@final
+class RetryBudget:
+    """Retries allowed only up to ``ratio`` of the first attempts of the last ``window``
+    seconds, plus ``min_retries_per_s``; shared by every thread and task (as gRPC's retry
+    throttling and Finagle's RetryBudget), so retries cannot amplify a storm."""
+
+    def __new__(
+        cls, ratio: float = 0.2, min_retries_per_s: float = 1.0, window: float = 10.0
+    ) -> Self: ...
+    @property
+    def available(self) -> int:
+        """Retries the budget would allow right now."""
+    @property
+    def ratio(self) -> float: ...
+    @property
+    def min_retries_per_s(self) -> float: ...
+    @property
+    def window(self) -> float: ...
+    def record_call(self) -> None:
+        """Record a first attempt."""
+    def try_spend_retry(self) -> bool:
+        """Spend one retry if allowed; False means: do not retry."""
+    def stats(self) -> BudgetStats:
+        """Totals: calls, retries, refused."""
+    def __copy__(self) -> RetryBudget: ...
+    def __deepcopy__(self, memo: Any) -> RetryBudget: ...
+
+@final
+class _Schedule:
+    def __new__(
+        cls,
+        *,
+        max_tries: int,
+        base: float,
+        factor: float,
+        max_delay: float,
+        max_time: float | None,
+        jitter: str,
+        seed: int | None = None,
+    ) -> Self: ...
+    def next(
+        self, tries: int, elapsed: float, retry_after: float | None = None
+    ) -> tuple[float | None, str | None]: ...
+    @property
+    def max_tries(self) -> int: ...
+    @property
+    def base(self) -> float: ...
+    @property
+    def factor(self) -> float: ...
+    @property
+    def max_delay(self) -> float: ...
+    @property
+    def max_time(self) -> float | None: ...
+    @property
+    def jitter(self) -> str: ...
 
 @final
 class _Waiting:

@@ -30,3 +30,14 @@ class LimiterStats(WaitStats):
     requests_in_window: int | None
     tokens_in_window: int | None
     paused_for: float
+    retries: int
+    give_ups: int
+    retries_refused: int
+
+
+class BudgetStats(TypedDict):
+    """A retry budget's totals."""
+
+    calls: int
+    retries: int
+    refused: int

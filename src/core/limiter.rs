@@ -133,6 +133,28 @@ pub struct LimiterGrant {
     pub charged: u64,
 }
 
+/// What a retry decorator did after a failed attempt, counted in the limiter's stats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryEvent {
+    /// A retry was scheduled.
+    Retried,
+    /// The decorator gave up (tries, time, or a provider's wait too long).
+    GaveUp,
+    /// A retry budget refused the retry.
+    Refused,
+}
+
+/// Counts of [`RetryEvent`]s.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetryCounts {
+    /// Retries scheduled.
+    pub retries: u64,
+    /// Give-ups.
+    pub give_ups: u64,
+    /// Retries refused by a budget.
+    pub refused: u64,
+}
+
 /// Live figures for `stats()`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LimiterFigures {
@@ -144,6 +166,8 @@ pub struct LimiterFigures {
     pub requests_in_window: Option<u64>,
     /// Tokens counted in the current window (with `tpm`).
     pub tokens_in_window: Option<u64>,
+    /// What retry decorators using this limiter did.
+    pub retry_counts: RetryCounts,
 }
 
 /// The state of a limiter.
@@ -159,6 +183,7 @@ pub struct LimiterBudget {
     /// Bumped in a forked child: grants made before the fork no longer count there.
     generation: u64,
     tokens_granted: u64,
+    retry_counts: RetryCounts,
 }
 
 impl LimiterBudget {
@@ -175,6 +200,7 @@ impl LimiterBudget {
             paused_until: Nanos::new(0),
             generation: 0,
             tokens_granted: 0,
+            retry_counts: RetryCounts::default(),
         }
     }
 
@@ -222,6 +248,17 @@ impl LimiterBudget {
         grant.charged = actual;
     }
 
+    /// Counts what a retry decorator did.
+    pub fn count_retry(&mut self, event: RetryEvent) {
+        let counts = &mut self.retry_counts;
+        let counter = match event {
+            RetryEvent::Retried => &mut counts.retries,
+            RetryEvent::GaveUp => &mut counts.give_ups,
+            RetryEvent::Refused => &mut counts.refused,
+        };
+        *counter += 1;
+    }
+
     /// Grants nothing before `now + seconds`.
     pub fn pause(&mut self, now: Nanos, seconds: f64) {
         let until = now + Nanos::new(nanos_of_secs(seconds));
@@ -240,6 +277,7 @@ impl LimiterBudget {
             tokens_granted: self.tokens_granted,
             requests_in_window: self.requests.as_mut().map(|w| w.used(now)),
             tokens_in_window: self.tokens.as_mut().map(|w| w.used(now)),
+            retry_counts: self.retry_counts,
         }
     }
 

@@ -26,6 +26,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 
 use super::clock::{nanos_of, Clock};
+use super::fork::AfterFork;
 
 /// The number of slices the window is cut into.
 pub const SLICES: usize = 10;
@@ -240,6 +241,17 @@ impl RetryBudget {
 fn units(retries: f64) -> u64 {
     // `as` saturates for f64 -> u64, which is what we want for huge values.
     (retries * UNIT as f64).round() as u64
+}
+
+impl AfterFork for RetryBudget {
+    unsafe fn reset_in_child(&self) {
+        // The counts are plain words, never half-written in a way that matters; only a lock
+        // held by a vanished parent thread needs undoing.
+        if self.state.is_locked() {
+            // SAFETY: the caller guarantees we are the single thread of a fresh child.
+            unsafe { self.state.force_unlock() };
+        }
+    }
 }
 
 #[cfg(test)]

@@ -14,7 +14,9 @@ use super::stats::gate_stats;
 use super::wait::{self, AsyncOutcome};
 use crate::core::clock::Clock;
 use crate::core::gate::Gate;
-use crate::core::limiter::{LimiterBudget, LimiterConfig, LimiterGrant, LimiterRequest};
+use crate::core::limiter::{
+    LimiterBudget, LimiterConfig, LimiterGrant, LimiterRequest, RetryEvent,
+};
 
 /// One limit shared by every thread and event loop of the process.
 #[pyclass(module = "crewthrottle", name = "Limiter", frozen)]
@@ -213,7 +215,27 @@ impl Limiter {
         stats.set_item("requests_in_window", figures.requests_in_window)?;
         stats.set_item("tokens_in_window", figures.tokens_in_window)?;
         stats.set_item("paused_for", paused_for)?;
+        stats.set_item("retries", figures.retry_counts.retries)?;
+        stats.set_item("give_ups", figures.retry_counts.give_ups)?;
+        stats.set_item("retries_refused", figures.retry_counts.refused)?;
         Ok(stats)
+    }
+
+    /// Counts a retry decorator's decision ("retried", "gave_up" or "refused") in `stats()`.
+    fn _count_retry(&self, event: &str) -> PyResult<()> {
+        let event = match event {
+            "retried" => RetryEvent::Retried,
+            "gave_up" => RetryEvent::GaveUp,
+            "refused" => RetryEvent::Refused,
+            other => {
+                return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                    "unknown retry event {other:?}"
+                )))
+            }
+        };
+        self.gate
+            .inspect(|budget, _, _, _| budget.count_retry(event));
+        Ok(())
     }
 
     #[getter]

@@ -1,10 +1,12 @@
 //! The thin PyO3 layer: argument conversion, GIL-released waiting, error mapping.
 
 pub mod args;
+pub mod backoff;
 pub mod errors;
 pub mod fork;
 pub mod limiter;
 pub mod permit;
+pub mod retry_budget;
 pub mod semaphore;
 pub mod stats;
 pub mod token_bucket;

@@ -1,0 +1,304 @@
+"""``backoff`` and ``throttle``: retries that wait as long as the provider asks, tell everyone
+sharing the limit to wait too, and cannot multiply traffic.
+
+The schedule (delays, jitter, when to give up) and the retry budget live in the native core;
+this layer only catches, asks the schedule, sleeps and counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar
+
+from crewthrottle._native import Limiter, RetryBudget, _Schedule
+from crewthrottle._rate_limit_errors import is_rate_limit_error, retry_after
+
+__all__ = ["Backoff", "backoff", "throttle"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+logger = logging.getLogger("crewthrottle")
+logger.addHandler(logging.NullHandler())  # a library logs only where the app says so
+
+RetryOn = type[BaseException] | tuple[type[BaseException], ...] | Callable[[BaseException], bool]
+OnRetry = Callable[[int, float, BaseException], object]
+Tokens = int | Callable[..., int]
+
+
+def _predicate(retry_on: RetryOn) -> Callable[[BaseException], bool]:
+    if isinstance(retry_on, type) and issubclass(retry_on, BaseException):
+        return lambda exc: isinstance(exc, retry_on)
+    if isinstance(retry_on, tuple) and all(
+        isinstance(c, type) and issubclass(c, BaseException) for c in retry_on
+    ):
+        return lambda exc: isinstance(exc, retry_on)
+    if callable(retry_on) and not isinstance(retry_on, type):
+        return retry_on
+    raise TypeError(
+        "retry_on must be an exception class, a tuple of them, or a predicate, "
+        f"got {type(retry_on).__name__}"
+    )
+
+
+def _note(exc: BaseException, text: str) -> None:
+    # PEP 678; on Python 3.10 the notes are kept in the same attribute, unprinted.
+    if hasattr(exc, "add_note"):
+        exc.add_note(text)
+    else:  # pragma: no cover - Python 3.10
+        exc.__notes__ = [*getattr(exc, "__notes__", []), text]
+
+
+class Backoff:
+    """A retry policy, usable as a decorator (sync and async) or through :meth:`call`.
+
+    Build it with :func:`backoff`. Times are seconds.
+    """
+
+    def __init__(
+        self,
+        *,
+        retry_on: RetryOn = is_rate_limit_error,
+        max_tries: int = 4,
+        base: float = 0.5,
+        factor: float = 2.0,
+        max_delay: float = 30.0,
+        max_time: float | None = None,
+        jitter: str = "full",
+        respect_retry_after: bool = True,
+        limiter: Limiter | None = None,
+        budget: RetryBudget | None = None,
+        on_retry: OnRetry | None = None,
+        seed: int | None = None,
+    ) -> None:
+        if not isinstance(jitter, str):
+            raise TypeError(f"jitter must be 'full', 'equal' or 'none', got {jitter!r}")
+        if limiter is not None and not isinstance(limiter, Limiter):
+            raise TypeError(f"limiter must be a crewthrottle.Limiter, got {type(limiter).__name__}")
+        if budget is not None and not isinstance(budget, RetryBudget):
+            raise TypeError(
+                f"budget must be a crewthrottle.RetryBudget, got {type(budget).__name__}"
+            )
+        if on_retry is not None and not callable(on_retry):
+            raise TypeError(f"on_retry must be callable, got {type(on_retry).__name__}")
+        self._schedule = _Schedule(
+            max_tries=max_tries,
+            base=base,
+            factor=factor,
+            max_delay=max_delay,
+            max_time=max_time,
+            jitter=jitter,
+            seed=seed,
+        )
+        self._options: dict[str, Any] = dict(
+            retry_on=retry_on,
+            max_tries=max_tries,
+            base=base,
+            factor=factor,
+            max_delay=max_delay,
+            max_time=max_time,
+            jitter=jitter,
+            respect_retry_after=respect_retry_after,
+            budget=budget,
+            on_retry=on_retry,
+            seed=seed,
+        )
+        self._retryable = _predicate(retry_on)
+        self.respect_retry_after = respect_retry_after
+        self.limiter = limiter
+        self.budget = budget
+        self.on_retry = on_retry
+
+    def with_limiter(self, limiter: Limiter) -> Backoff:
+        """The same policy, pausing ``limiter`` when a provider names a wait."""
+        return Backoff(limiter=limiter, **self._options)
+
+    def __call__(self, function: Callable[P, R]) -> Callable[P, R]:
+        """Decorate a sync or async function with this policy."""
+        if not callable(function):
+            raise TypeError(f"backoff decorates a callable, got {type(function).__name__}")
+        if inspect.iscoroutinefunction(function):
+
+            @functools.wraps(function)
+            async def retried_async(*args: Any, **kwargs: Any) -> Any:
+                return await self._call_async(function, args, kwargs)
+
+            return retried_async  # type: ignore[return-value]
+
+        @functools.wraps(function)
+        def retried(*args: P.args, **kwargs: P.kwargs) -> R:
+            return self._call_sync(function, args, kwargs)
+
+        return retried
+
+    def call(self, function: Callable[..., R], /, *args: Any, **kwargs: Any) -> R:
+        """Call ``function(*args, **kwargs)`` with retries; for an async function, returns
+        the coroutine to await."""
+        if inspect.iscoroutinefunction(function):
+            return self._call_async(function, args, kwargs)  # type: ignore[return-value]
+        return self._call_sync(function, args, kwargs)
+
+    def _call_sync(self, function: Callable[..., R], args: Any, kwargs: Any) -> R:
+        started, tries = time.monotonic(), 0
+        if self.budget is not None:
+            self.budget.record_call()
+        while True:
+            tries += 1
+            try:
+                return function(*args, **kwargs)
+            except Exception as exc:
+                delay = self._next_delay(exc, tries, started)
+                if delay is None:
+                    raise
+            time.sleep(delay)  # releases the GIL; Ctrl-C interrupts it
+
+    async def _call_async(self, function: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+        started, tries = time.monotonic(), 0
+        if self.budget is not None:
+            self.budget.record_call()
+        while True:
+            tries += 1
+            try:
+                return await function(*args, **kwargs)
+            except Exception as exc:
+                delay = self._next_delay(exc, tries, started)
+                if delay is None:
+                    raise
+            await asyncio.sleep(delay)
+
+    def _next_delay(self, exc: BaseException, tries: int, started: float) -> float | None:
+        """The delay before the next try, or None to let ``exc`` propagate (with a note)."""
+        if not self._retryable(exc):
+            return None
+        wait = retry_after(exc) if self.respect_retry_after else None
+        elapsed = time.monotonic() - started
+        delay, reason = self._schedule.next(tries, elapsed, wait)
+        if delay is None:
+            _note(exc, f"crewthrottle: gave up after {tries} tries in {elapsed:.2f} s: {reason}")
+            self._count("gave_up")
+            logger.warning(
+                "giving up after %d tries in %.2f s (%s): %r", tries, elapsed, reason, exc
+            )
+            return None
+        if self.budget is not None and not self.budget.try_spend_retry():
+            _note(exc, f"crewthrottle: retry budget spent, not retried (after {tries} tries)")
+            self._count("refused")
+            logger.warning("retry budget spent, not retrying after %d tries: %r", tries, exc)
+            return None
+        if self.limiter is not None and wait:
+            self.limiter.pause(wait)
+        self._count("retried")
+        logger.info("retry %d in %.2f s after %r", tries, delay, exc)
+        if self.on_retry is not None:
+            self.on_retry(tries, delay, exc)
+        return delay
+
+    def _count(self, event: str) -> None:
+        if self.limiter is not None:
+            self.limiter._count_retry(event)
+
+    def __repr__(self) -> str:
+        s = self._schedule
+        return (
+            f"<crewthrottle.Backoff max_tries={s.max_tries} base={s.base} factor={s.factor} "
+            f"max_delay={s.max_delay} max_time={s.max_time} jitter={s.jitter!r}>"
+        )
+
+
+def backoff(
+    *,
+    retry_on: RetryOn = is_rate_limit_error,
+    max_tries: int = 4,
+    base: float = 0.5,
+    factor: float = 2.0,
+    max_delay: float = 30.0,
+    max_time: float | None = None,
+    jitter: str = "full",
+    respect_retry_after: bool = True,
+    limiter: Limiter | None = None,
+    budget: RetryBudget | None = None,
+    on_retry: OnRetry | None = None,
+    seed: int | None = None,
+) -> Backoff:
+    """A retry policy for rate-limit errors, as a decorator for sync and async functions.
+
+    Retries what ``retry_on`` accepts (default: :func:`is_rate_limit_error`, which refuses
+    ``insufficient_quota``) up to ``max_tries`` attempts in all, waiting ``base * factor**n``
+    seconds (at most ``max_delay``) with ``jitter`` ("full", "equal" or "none"), and at least
+    as long as the provider's ``Retry-After`` when ``respect_retry_after``. A provider's wait
+    longer than ``max_delay``, or past ``max_time``, gives up at once. With ``limiter``, the
+    provider's wait pauses every caller sharing it; with ``budget`` (a :class:`RetryBudget`),
+    retries are capped at a share of calls. When it gives up, the original exception
+    propagates with a note. ``on_retry(attempt, delay, exc)`` is called before each sleep;
+    ``seed`` makes the jitter repeatable.
+    """
+    return Backoff(
+        retry_on=retry_on,
+        max_tries=max_tries,
+        base=base,
+        factor=factor,
+        max_delay=max_delay,
+        max_time=max_time,
+        jitter=jitter,
+        respect_retry_after=respect_retry_after,
+        limiter=limiter,
+        budget=budget,
+        on_retry=on_retry,
+        seed=seed,
+    )
+
+
+def _token_counter(tokens: Tokens) -> Callable[..., int]:
+    if callable(tokens):
+        return tokens
+    if isinstance(tokens, bool) or not isinstance(tokens, int):
+        raise TypeError(
+            f"tokens must be an int or a function of the call's arguments, got {tokens!r}"
+        )
+    if tokens < 0:
+        raise ValueError(f"tokens must be >= 0, got {tokens}")
+    return lambda *args, **kwargs: tokens
+
+
+def throttle(
+    limiter: Limiter, *, retry: Backoff | None = None, tokens: Tokens = 0
+) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Decorate a sync or async function so each attempt takes its own permit of ``limiter``.
+
+    With ``retry`` (a :func:`backoff` policy), the permit is given back before every retry
+    delay, so a retrying call never sits on a concurrency slot while it sleeps, and a
+    provider's ``Retry-After`` pauses ``limiter`` for everyone. ``tokens`` is the request's
+    size: an int, or a function of the call's arguments returning one.
+    """
+    if not isinstance(limiter, Limiter):
+        raise TypeError(f"limiter must be a crewthrottle.Limiter, got {type(limiter).__name__}")
+    if retry is not None and not isinstance(retry, Backoff):
+        raise TypeError(f"retry must be a crewthrottle.backoff(...), got {type(retry).__name__}")
+    policy = retry.with_limiter(limiter) if retry is not None and retry.limiter is None else retry
+    count = _token_counter(tokens)
+
+    def decorate(function: Callable[P, R]) -> Callable[P, R]:
+        if inspect.iscoroutinefunction(function):
+
+            @functools.wraps(function)
+            async def attempt_async(*args: Any, **kwargs: Any) -> Any:
+                async with await limiter.acquire_async(count(*args, **kwargs)):
+                    return await function(*args, **kwargs)
+
+            attempt: Callable[P, R] = attempt_async  # type: ignore[assignment]
+        else:
+
+            @functools.wraps(function)
+            def attempt_sync(*args: P.args, **kwargs: P.kwargs) -> R:
+                with limiter.acquire(count(*args, **kwargs)):
+                    return function(*args, **kwargs)
+
+            attempt = attempt_sync
+        return attempt if policy is None else policy(attempt)
+
+    return decorate
