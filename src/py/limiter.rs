@@ -191,6 +191,13 @@ impl Limiter {
         Ok(decorate.call1((slf, function))?.unbind())
     }
 
+    /// This limiter as a `langchain_core.rate_limiters.BaseRateLimiter` (needs the
+    /// `crewthrottle[langchain]` extra); see `crewthrottle.langchain`.
+    fn as_langchain(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
+        let adapter = slf.py().import("crewthrottle.langchain")?.getattr("rate_limiter")?;
+        Ok(adapter.call1((slf,))?.unbind())
+    }
+
     /// Grants nothing for `seconds` (a provider said Retry-After); a longer pause wins.
     fn pause(&self, seconds: &Bound<'_, PyAny>) -> PyResult<()> {
         let seconds = args::seconds(seconds, "seconds", false)?;
