@@ -176,6 +176,9 @@ class Backoff:
         if not self._retryable(exc):
             return None
         wait = retry_after(exc) if self.respect_retry_after else None
+        if self.limiter is not None and wait:
+            # Everyone sharing the limit holds off, whether or not this call retries.
+            self.limiter.pause(wait)
         elapsed = time.monotonic() - started
         delay, reason = self._schedule.next(tries, elapsed, wait)
         if delay is None:
@@ -190,8 +193,6 @@ class Backoff:
             self._count("refused")
             logger.warning("retry budget spent, not retrying after %d tries: %r", tries, exc)
             return None
-        if self.limiter is not None and wait:
-            self.limiter.pause(wait)
         self._count("retried")
         logger.info("retry %d in %.2f s after %r", tries, delay, exc)
         if self.on_retry is not None:

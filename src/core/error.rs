@@ -29,6 +29,10 @@ impl fmt::Display for InvalidArgument {
 
 impl std::error::Error for InvalidArgument {}
 
+/// The longest span the core schedules over, in seconds (about 31 years): beyond it the
+/// nanosecond arithmetic of the GCRA could overflow, so such limits are refused.
+pub const MAX_SPAN_SECS: f64 = 1e9;
+
 /// Checks that a duration given in seconds is finite and `>= 0` (or `> 0` when `positive`).
 pub fn check_seconds(
     name: &'static str,
@@ -45,7 +49,7 @@ pub fn check_seconds(
         let bound = if positive { "> 0" } else { ">= 0" };
         return Err(InvalidArgument::new(
             name,
-            format!("must be {bound} seconds, got {secs}"),
+            format!("must be {bound}, got {secs}"),
         ));
     }
     Ok(secs)
@@ -58,7 +62,7 @@ mod tests {
     #[test]
     fn message_names_the_argument() {
         let err = check_seconds("window", -1.0, true).unwrap_err();
-        assert_eq!(err.to_string(), "window must be > 0 seconds, got -1");
+        assert_eq!(err.to_string(), "window must be > 0, got -1");
         assert!(check_seconds("timeout", f64::NAN, false).is_err());
         assert!(check_seconds("timeout", 0.0, false).is_ok());
         assert!(check_seconds("window", 0.0, true).is_err());

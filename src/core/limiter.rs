@@ -16,7 +16,7 @@ use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
 
 use super::clock::{nanos_of_secs, Clock, Nanos};
-use super::error::{check_seconds, InvalidArgument};
+use super::error::{check_seconds, InvalidArgument, MAX_SPAN_SECS};
 use super::gate::{Check, Resource};
 use super::sliding_window::{Receipt, SlidingWindow};
 
@@ -51,6 +51,12 @@ impl LimiterConfig {
         burst: Option<u64>,
     ) -> Result<Self, InvalidArgument> {
         check_seconds("window", window, true)?;
+        if window > MAX_SPAN_SECS {
+            return Err(InvalidArgument::new(
+                "window",
+                format!("must be at most {MAX_SPAN_SECS:e} seconds, got {window}"),
+            ));
+        }
         for (name, value) in [
             ("max_concurrent", max_concurrent),
             ("rpm", rpm),
@@ -261,7 +267,7 @@ impl LimiterBudget {
 
     /// Grants nothing before `now + seconds`.
     pub fn pause(&mut self, now: Nanos, seconds: f64) {
-        let until = now + Nanos::new(nanos_of_secs(seconds));
+        let until = Nanos::new(now.as_u64().saturating_add(nanos_of_secs(seconds)));
         self.paused_until = self.paused_until.max(until);
     }
 

@@ -12,7 +12,7 @@ use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
 
 use super::clock::{nanos_of_secs, Clock, Nanos};
-use super::error::{check_seconds, InvalidArgument};
+use super::error::{check_seconds, InvalidArgument, MAX_SPAN_SECS};
 use super::gate::{Check, Resource};
 
 type Gcra = RateLimiter<NotKeyed, InMemoryState, Clock, NoOpMiddleware<Nanos>>;
@@ -53,6 +53,14 @@ impl BucketConfig {
             )
         })?;
         let config = BucketConfig { rate, per, burst };
+        if per / rate * f64::from(burst) > MAX_SPAN_SECS {
+            return Err(InvalidArgument::new(
+                "rate",
+                format!(
+                    "is too low: a burst of {burst} would take over {MAX_SPAN_SECS:e} s to refill"
+                ),
+            ));
+        }
         if config.interval_ns() == 0 {
             return Err(InvalidArgument::new(
                 "rate",
@@ -101,7 +109,7 @@ impl TokenBucketBudget {
 
     /// Grants nothing before `now + seconds` (a later pause wins over an earlier one).
     pub fn pause(&mut self, now: Nanos, seconds: f64) {
-        let until = now + Nanos::new(nanos_of_secs(seconds));
+        let until = Nanos::new(now.as_u64().saturating_add(nanos_of_secs(seconds)));
         self.paused_until = self.paused_until.max(until);
     }
 
@@ -227,6 +235,12 @@ mod tests {
             "rate"
         );
         assert_eq!(BucketConfig::new(0.5, 1.0, None).unwrap().burst, 1);
+        // So slow that the GCRA's nanosecond arithmetic would overflow: refused, not unlimited.
+        assert_eq!(BucketConfig::new(1.0, 1e12, None).unwrap_err().name, "rate");
+        assert_eq!(
+            BucketConfig::new(1.0, 2e9, Some(10)).unwrap_err().name,
+            "rate"
+        );
     }
 
     #[test]

@@ -72,7 +72,9 @@ impl BackoffSchedule {
         retry_after: Option<f64>,
     ) -> (Option<f64>, Option<String>) {
         let elapsed = Duration::try_from_secs_f64(elapsed).unwrap_or(Duration::ZERO);
-        let retry_after = retry_after.and_then(|s| Duration::try_from_secs_f64(s).ok());
+        // A wait too long for a Duration is as good as forever (give up), never "no wait".
+        let retry_after =
+            retry_after.map(|s| Duration::try_from_secs_f64(s).unwrap_or(Duration::MAX));
         match self
             .schedule
             .next(tries, elapsed, retry_after, &mut self.rng.lock())

@@ -194,7 +194,10 @@ impl Limiter {
     /// This limiter as a `langchain_core.rate_limiters.BaseRateLimiter` (needs the
     /// `crewthrottle[langchain]` extra); see `crewthrottle.langchain`.
     fn as_langchain(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
-        let adapter = slf.py().import("crewthrottle.langchain")?.getattr("rate_limiter")?;
+        let adapter = slf
+            .py()
+            .import("crewthrottle.langchain")?
+            .getattr("rate_limiter")?;
         Ok(adapter.call1((slf,))?.unbind())
     }
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyType};
+use pyo3::types::{PyDict, PyInt, PyType};
 
 use super::args;
 use super::fork::new_gate;
@@ -39,14 +39,15 @@ impl Semaphore {
         value: Option<&Bound<'_, PyAny>>,
         bounded: bool,
     ) -> PyResult<Self> {
-        let value = match value.map(|v| args::count(v, "value", 0)) {
+        let value = match value {
             None => 1,
-            Some(Err(err)) if err.is_instance_of::<PyValueError>(py) => {
+            // threading's message for a negative value; other errors name `value` as they are.
+            Some(v) if v.is_instance_of::<PyInt>() && v.lt(0)? => {
                 return Err(PyValueError::new_err(
                     "semaphore initial value must be >= 0",
-                ))
+                ));
             }
-            Some(other) => other?,
+            Some(v) => args::count(v, "value", 0)?,
         };
         let gate = Gate::new(SemaphoreCount::new(value, bounded), Clock::monotonic());
         Ok(Semaphore {
@@ -64,13 +65,15 @@ impl Semaphore {
     }
 
     /// Takes a permit; see `threading.Semaphore.acquire`.
-    #[pyo3(signature = (blocking = true, timeout = None))]
+    #[pyo3(signature = (blocking = None, timeout = None), text_signature = "($self, blocking=True, timeout=None)")]
     fn acquire(
         &self,
         py: Python<'_>,
-        blocking: bool,
+        blocking: Option<&Bound<'_, PyAny>>,
         timeout: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<bool> {
+        // Any truthy value blocks, as in threading.
+        let blocking = blocking.map_or(Ok(true), |b| b.is_truthy())?;
         if !blocking {
             if timeout.is_some_and(|t| !t.is_none()) {
                 return Err(PyValueError::new_err(
@@ -98,15 +101,18 @@ impl Semaphore {
     #[pyo3(signature = (n = None), text_signature = "($self, n=1)")]
     fn release(&self, n: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
         let n = match n {
-            Some(n) => args::count(n, "n", 1)
-                .map_err(|_| PyValueError::new_err("n must be one or more"))?,
             None => 1,
+            // threading's message for n < 1; other errors name `n` as they are.
+            Some(n) if n.is_instance_of::<PyInt>() && n.lt(1)? => {
+                return Err(PyValueError::new_err("n must be one or more"));
+            }
+            Some(n) => args::count(n, "n", 1)?,
         };
         Ok(self.gate.with_resource(|count, _| count.release(n))?)
     }
 
     fn __enter__(&self, py: Python<'_>) -> PyResult<bool> {
-        self.acquire(py, true, None)
+        self.acquire(py, None, None)
     }
 
     fn __exit__(

@@ -65,14 +65,16 @@ impl TokenBucket {
     }
 
     /// Takes `n` tokens, waiting (GIL released) unless `blocking` is False.
-    #[pyo3(signature = (n = None, blocking = true, timeout = None), text_signature = "($self, n=1, blocking=True, timeout=None)")]
+    #[pyo3(signature = (n = None, blocking = None, timeout = None), text_signature = "($self, n=1, blocking=True, timeout=None)")]
     fn acquire(
         &self,
         py: Python<'_>,
         n: Option<&Bound<'_, PyAny>>,
-        blocking: bool,
+        blocking: Option<&Bound<'_, PyAny>>,
         timeout: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<bool> {
+        // Any truthy value blocks, as in threading.
+        let blocking = blocking.map_or(Ok(true), |b| b.is_truthy())?;
         let n = n.map(tokens).transpose()?.unwrap_or(1);
         if !blocking {
             if timeout.is_some_and(|t| !t.is_none()) {

@@ -53,7 +53,9 @@ pub fn block_on<R: Resource>(
         Acquired::Now(grant) => return Ok(Some(grant)),
         Acquired::Queued(ticket) => ticket,
     };
-    let deadline = timeout.and_then(|t| Instant::now().checked_add(Duration::from_secs_f64(t)));
+    // A timeout too long to represent waits forever, as `None` does.
+    let deadline =
+        timeout.and_then(|t| Instant::now().checked_add(Duration::try_from_secs_f64(t).ok()?));
     let slice = if is_main_thread(py)? {
         Some(SIGNAL_SLICE)
     } else {

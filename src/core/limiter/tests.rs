@@ -229,7 +229,19 @@ fn bad_configuration_names_the_argument() {
     assert_eq!(err(None, None, Some(0), 60.0, None), "tpm");
     assert_eq!(err(None, Some(1), None, 0.0, None), "window");
     assert_eq!(err(None, Some(1), None, f64::NAN, None), "window");
+    assert_eq!(err(None, Some(1), None, 1e10, None), "window");
     assert_eq!(err(None, Some(10), None, 60.0, Some(11)), "burst");
     assert_eq!(err(None, None, Some(5), 60.0, Some(1)), "burst");
     assert_eq!(err(None, Some(u64::MAX), None, 1.0, None), "rpm");
+}
+
+#[test]
+fn a_huge_pause_saturates_instead_of_wrapping() {
+    let (mut b, clock) = limiter(Some(1), None, None, 60.0, None);
+    clock.advance(Duration::from_secs(5));
+    b.pause(clock.now(), 1e12);
+    assert_eq!(
+        b.try_take(&req(0), clock.now()),
+        Check::RetryAt(Nanos::new(u64::MAX))
+    );
 }

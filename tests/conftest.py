@@ -1,0 +1,61 @@
+"""Shared helpers for the primitive tests: waiting for a recorded state, and calling promptly."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+#: How long a helper waits for something that should happen at once before calling it a hang.
+PATIENCE = 10.0
+
+
+def _wait_until(predicate: Callable[[], bool], what: str, timeout: float = PATIENCE) -> None:
+    """Poll `predicate` until it holds; fail naming `what` if it has not within `timeout`.
+
+    For states the test itself produces (a waiter registered, a grant recorded): polling
+    with a deadline observes them, it does not paper over a race.
+    """
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.002)
+
+
+def _promptly(call: Callable[[], Any], timeout: float = PATIENCE) -> Any:
+    """`call()` in a daemon thread: its result, or the exception it raised, re-raised here.
+
+    Fails the test (instead of hanging it) if the call has not returned within `timeout`.
+    """
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = call()
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if worker.is_alive():
+        pytest.fail(f"the call did not return within {timeout} s (a hang)")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+@pytest.fixture
+def wait_until() -> Callable[..., None]:
+    """`wait_until(predicate, what)`: poll with a deadline, fail naming `what`."""
+    return _wait_until
+
+
+@pytest.fixture
+def promptly() -> Callable[..., Any]:
+    """`promptly(call)`: run `call` but fail rather than hang if it blocks."""
+    return _promptly
