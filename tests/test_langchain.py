@@ -204,7 +204,8 @@ def test_wrapper_keeps_rpm_from_threads_and_asyncio(http: httpx.Client) -> None:
             llm = throttle_chat_model(chat_openai(provider, http, ahttp), limiter)
             # One limiter shared by an event loop and a thread pool at once.
             threads = asyncio.to_thread(concurrently, CALLS // 2, lambda i: llm.invoke(f"{i}"))
-            return [*await threads, *await from_asyncio(llm)]
+            from_threads, from_loop = await asyncio.gather(threads, from_asyncio(llm))
+            return [*from_threads, *from_loop]
 
     with FakeProvider(rpm=RPM, window=WINDOW) as provider:
         limiter = ct.Limiter(rpm=RPM, window=WINDOW + SKEW, max_concurrent=4)

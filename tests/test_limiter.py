@@ -196,6 +196,6 @@ def test_repr_shows_configuration_and_state() -> None:
         text = repr(limiter)
     assert text == (
         '<crewthrottle.Limiter "openai" max_concurrent=3 rpm=600 tpm=None window=60.0 '
-        "burst=10: in_flight=1 waiting=0>"
+        "burst=10 margin=0.3: in_flight=1 waiting=0>"
     )
     assert limiter.burst == 10, "default burst: about one second's share of rpm"

@@ -125,6 +125,8 @@ class Limiter:
     ``max_concurrent`` permits out at once; never more than ``rpm`` requests nor ``tpm``
     tokens started in any window of ``window`` seconds (default 60), requests spread evenly
     with at most ``burst`` back to back (default: about one second's share of ``rpm``).
+    Each start stays counted for ``window + margin`` seconds (default margin ``window / 200``),
+    covering the jitter between a permit's grant and the provider counting the request.
     Waiters are served first come, first served, with the GIL released."""
 
     def __new__(
@@ -135,6 +137,7 @@ class Limiter:
         tpm: int | None = None,
         window: float = 60.0,
         burst: int | None = None,
+        margin: float | None = None,
         name: str | None = None,
     ) -> Self: ...
     @property
@@ -149,6 +152,9 @@ class Limiter:
     def window(self) -> float: ...
     @property
     def burst(self) -> int | None: ...
+    @property
+    def margin(self) -> float:
+        """Extra seconds each start stays counted (default ``window / 200``)."""
     def acquire(self, tokens: int = 0, *, timeout: float | None = None) -> Permit:
         """Wait for a permit for ``tokens`` tokens; ``AcquireTimeout`` after ``timeout`` s."""
     def try_acquire(self, tokens: int = 0) -> Permit | None:

@@ -7,6 +7,12 @@
 //! back to back), and the whole budget usable (the window, not the pacer, is the cap, so
 //! utilisation reaches 100%). `tpm` is an exact window over tokens; one request may take all
 //! of it. The pacer never refunds; the windows do (`settle`, abandoned grants).
+//!
+//! A request is counted by the provider when it arrives, a little after its permit was
+//! granted, and that delay varies (connection set-up, a busy GIL). Two requests granted exactly
+//! one window apart can therefore arrive less than a window apart, and the second one gets a
+//! 429. So each start stays in the windows for `window + margin`: `margin` defaults to
+//! `window / 200` (0.3 s for a minute), at a cost of `margin / (window + margin)` of utilisation.
 
 use std::num::NonZeroU32;
 use std::time::Duration;
@@ -35,11 +41,13 @@ pub struct LimiterConfig {
     pub window: f64,
     /// Requests that may start back to back (only with `rpm`).
     pub burst: Option<u32>,
+    /// Extra seconds each start stays counted, for the jitter between grant and arrival.
+    pub margin: f64,
 }
 
 impl LimiterConfig {
     /// Validates the arguments. `burst` defaults to about one second's share of `rpm`
-    /// (`round(rpm / window)`, at least 1, at most `rpm`).
+    /// (`round(rpm / window)`, at least 1, at most `rpm`); `margin` to `window / 200`.
     ///
     /// # Errors
     /// [`InvalidArgument`] naming the argument at fault.
@@ -49,8 +57,19 @@ impl LimiterConfig {
         tpm: Option<u64>,
         window: f64,
         burst: Option<u64>,
+        margin: Option<f64>,
     ) -> Result<Self, InvalidArgument> {
         check_seconds("window", window, true)?;
+        let margin = match margin {
+            Some(margin) => check_seconds("margin", margin, false)?,
+            None => window / 200.0,
+        };
+        if margin > window {
+            return Err(InvalidArgument::new(
+                "margin",
+                format!("must be at most the window ({window} s), got {margin}"),
+            ));
+        }
         if window > MAX_SPAN_SECS {
             return Err(InvalidArgument::new(
                 "window",
@@ -98,12 +117,18 @@ impl LimiterConfig {
             tpm,
             window,
             burst,
+            margin,
         })
     }
 
     /// The window in nanoseconds.
     pub fn window_ns(&self) -> u64 {
         nanos_of_secs(self.window)
+    }
+
+    /// How long a start stays counted: the window plus the margin, in nanoseconds.
+    pub fn counted_ns(&self) -> u64 {
+        nanos_of_secs(self.window + self.margin)
     }
 
     /// Nanoseconds between two paced requests (`window / rpm`).
@@ -195,7 +220,7 @@ pub struct LimiterBudget {
 impl LimiterBudget {
     /// A limiter with nothing in flight and empty windows.
     pub fn new(config: LimiterConfig, clock: Clock) -> Self {
-        let window = config.window_ns();
+        let window = config.counted_ns();
         LimiterBudget {
             requests: config.rpm.map(|rpm| SlidingWindow::new(rpm, window)),
             pacer: config.pacer(&clock),
@@ -372,7 +397,7 @@ impl Resource for LimiterBudget {
         if !intact {
             // Possibly half-written windows: leak them and start empty. The pacer is one
             // atomic word, never half-written, so the child keeps the pace it inherited.
-            let window = self.config.window_ns();
+            let window = self.config.counted_ns();
             let requests = self.config.rpm.map(|rpm| SlidingWindow::new(rpm, window));
             let tokens = self.config.tpm.map(|tpm| SlidingWindow::new(tpm, window));
             std::mem::forget(std::mem::replace(&mut self.requests, requests));

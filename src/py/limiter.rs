@@ -72,9 +72,10 @@ impl Limiter {
 impl Limiter {
     #[new]
     #[pyo3(
-        signature = (*, max_concurrent = None, rpm = None, tpm = None, window = None, burst = None, name = None),
-        text_signature = "(*, max_concurrent=None, rpm=None, tpm=None, window=60.0, burst=None, name=None)"
+        signature = (*, max_concurrent = None, rpm = None, tpm = None, window = None, burst = None, margin = None, name = None),
+        text_signature = "(*, max_concurrent=None, rpm=None, tpm=None, window=60.0, burst=None, margin=None, name=None)"
     )]
+    #[allow(clippy::too_many_arguments)] // the keyword-only Python constructor
     fn new(
         py: Python<'_>,
         max_concurrent: Option<&Bound<'_, PyAny>>,
@@ -82,6 +83,7 @@ impl Limiter {
         tpm: Option<&Bound<'_, PyAny>>,
         window: Option<&Bound<'_, PyAny>>,
         burst: Option<&Bound<'_, PyAny>>,
+        margin: Option<&Bound<'_, PyAny>>,
         name: Option<String>,
     ) -> PyResult<Self> {
         let window = match window {
@@ -94,6 +96,10 @@ impl Limiter {
             args::optional_count(tpm, "tpm", 1)?,
             window,
             args::optional_count(burst, "burst", 1)?,
+            margin
+                .filter(|m| !m.is_none())
+                .map(|m| args::number(m, "margin"))
+                .transpose()?,
         )?;
         let clock = Clock::monotonic();
         let gate = Gate::new(LimiterBudget::new(config, clock.clone()), clock);
@@ -278,6 +284,11 @@ impl Limiter {
         self.config.burst
     }
 
+    #[getter]
+    fn margin(&self) -> f64 {
+        self.config.margin
+    }
+
     /// A limiter is shared, never copied: CrewAI copies crews and agents deeply.
     fn __copy__(slf: Py<Self>) -> Py<Self> {
         slf
@@ -295,6 +306,7 @@ impl Limiter {
             tpm,
             window,
             burst,
+            margin,
         } = this.config;
         let (in_flight, waiting) = this
             .gate
@@ -306,7 +318,8 @@ impl Limiter {
             .map(|n| format!(" {n:?}"))
             .unwrap_or_default();
         Ok(format!(
-            "<{}{name} max_concurrent={} rpm={} tpm={} window={window:?} burst={}: in_flight={in_flight} waiting={waiting}>",
+            "<{}{name} max_concurrent={} rpm={} tpm={} window={window:?} burst={} margin={margin:?}: \
+             in_flight={in_flight} waiting={waiting}>",
             qualified_name(&slf.get_type())?,
             show(max_concurrent),
             show(rpm),

@@ -12,7 +12,7 @@ fn limiter(
     burst: Option<u64>,
 ) -> (LimiterBudget, Clock) {
     let clock = Clock::manual();
-    let config = LimiterConfig::new(max_concurrent, rpm, tpm, window, burst).unwrap();
+    let config = LimiterConfig::new(max_concurrent, rpm, tpm, window, burst, Some(0.0)).unwrap();
     (LimiterBudget::new(config, clock.clone()), clock)
 }
 
@@ -106,7 +106,7 @@ fn rpm_is_exact_in_every_window_and_fully_used() {
 #[test]
 fn default_burst_is_about_one_seconds_share() {
     let burst = |rpm, window| {
-        LimiterConfig::new(None, Some(rpm), None, window, None)
+        LimiterConfig::new(None, Some(rpm), None, window, None, None)
             .unwrap()
             .burst
     };
@@ -114,7 +114,7 @@ fn default_burst_is_about_one_seconds_share() {
     assert_eq!(burst(30, 60.0), Some(1));
     assert_eq!(burst(5, 1.0), Some(5));
     assert_eq!(
-        LimiterConfig::new(None, None, Some(100), 60.0, None)
+        LimiterConfig::new(None, None, Some(100), 60.0, None, None)
             .unwrap()
             .burst,
         None
@@ -220,7 +220,7 @@ fn anonymous_grants_release_in_any_order() {
 #[test]
 fn bad_configuration_names_the_argument() {
     let err = |mc, rpm, tpm, window, burst| {
-        LimiterConfig::new(mc, rpm, tpm, window, burst)
+        LimiterConfig::new(mc, rpm, tpm, window, burst, None)
             .unwrap_err()
             .name
     };
@@ -244,4 +244,28 @@ fn a_huge_pause_saturates_instead_of_wrapping() {
         b.try_take(&req(0), clock.now()),
         Check::RetryAt(Nanos::new(u64::MAX))
     );
+}
+
+#[test]
+fn the_margin_keeps_each_start_counted_a_little_past_the_window() {
+    let clock = Clock::manual();
+    let config = LimiterConfig::new(None, Some(1), None, 60.0, None, None).unwrap();
+    assert!((config.margin - 0.3).abs() < 1e-12, "default: window / 200");
+    let mut b = LimiterBudget::new(config, clock.clone());
+    granted(b.try_take(&req(0), clock.now()));
+    clock.advance(Duration::from_secs(60));
+    assert_eq!(
+        b.try_take(&req(0), clock.now()),
+        Check::RetryAt(Nanos::new(60_300_000_000))
+    );
+    clock.advance(Duration::from_millis(300));
+    granted(b.try_take(&req(0), clock.now()));
+    let bad = |margin| {
+        LimiterConfig::new(None, Some(1), None, 60.0, None, Some(margin))
+            .unwrap_err()
+            .name
+    };
+    assert_eq!(bad(-1.0), "margin");
+    assert_eq!(bad(61.0), "margin");
+    assert_eq!(bad(f64::NAN), "margin");
 }

@@ -1,0 +1,545 @@
+"""LangChain integration: a :class:`~crewthrottle.Limiter` for any LangChain chat model.
+
+Two ways in, with different powers:
+
+- :func:`rate_limiter` (also ``limiter.as_langchain()``) is a LangChain ``BaseRateLimiter`` for
+  the ``rate_limiter=`` option every chat model has. LangChain calls it once before each
+  request, with no size, and never after: it can enforce ``rpm`` and nothing else.
+- :func:`throttle_chat_model` wraps a chat model so that each request holds a permit for its
+  estimated tokens until it ends, settles them from the reply's ``usage_metadata``, and retries
+  rate-limit errors: it enforces ``rpm``, ``tpm`` and ``max_concurrent``.
+
+::
+
+    import crewthrottle as ct
+    from crewthrottle.langchain import throttle_chat_model
+    from langchain_openai import ChatOpenAI
+
+    limiter = ct.Limiter(max_concurrent=8, rpm=500, tpm=200_000)
+    llm = throttle_chat_model(ChatOpenAI(model="gpt-4o-mini", max_tokens=512), limiter)
+    llm.invoke("Hello")                                   # or ainvoke, stream, batch, bind_tools
+
+    rpm_only = ChatOpenAI(model="gpt-4o-mini", rate_limiter=limiter.as_langchain())
+
+A limiter counts a request when it grants it, a provider when the request arrives: a few
+milliseconds later, and not equally later for all (the first requests open connections, threads
+wait for the GIL). With the provider's very numbers, a request granted at the edge of a window
+can arrive while the previous window still counts: pad the limiter's ``window`` by a fraction
+of a second (``window=60.5`` for a per-minute limit).
+
+Needs ``pip install "crewthrottle[langchain]"``; ``import crewthrottle`` never imports LangChain.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import itertools
+import json
+import logging
+import math
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
+
+from crewthrottle._backoff import Backoff, backoff
+from crewthrottle._native import Limiter, Permit
+
+try:
+    from langchain_core.callbacks import (
+        AsyncCallbackManagerForLLMRun,
+        CallbackManagerForLLMRun,
+    )
+    from langchain_core.language_models import (
+        BaseChatModel,
+        LangSmithParams,
+        LanguageModelInput,
+    )
+    from langchain_core.messages import AIMessage, BaseMessage
+    from langchain_core.outputs import ChatGenerationChunk, ChatResult
+    from langchain_core.rate_limiters import BaseRateLimiter
+    from langchain_core.runnables import Runnable, RunnableBinding
+    from langchain_core.tools import BaseTool
+except ImportError as exc:  # pragma: no cover - only without LangChain installed
+    raise ImportError(
+        f"crewthrottle.langchain needs LangChain ({exc.name} is missing): "
+        'pip install "crewthrottle[langchain]"'
+    ) from exc
+
+__all__ = [
+    "DEFAULT_COMPLETION_TOKENS",
+    "RateLimiter",
+    "ThrottledChatModel",
+    "estimate_tokens",
+    "rate_limiter",
+    "throttle_chat_model",
+]
+
+logger = logging.getLogger("crewthrottle")
+
+T = TypeVar("T")
+RunManager = CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun | None
+EstimateTokens = Callable[..., int]
+
+#: Completion tokens reserved for a request that names no ``max_tokens`` (nor an equivalent);
+#: the reservation is corrected to the real usage when the reply arrives.
+DEFAULT_COMPLETION_TOKENS = 256
+
+#: Option names under which chat models take the completion's cap, in order of preference.
+_MAX_TOKENS_NAMES = (
+    "max_completion_tokens",
+    "max_tokens",
+    "max_output_tokens",
+    "max_tokens_to_sample",
+    "max_new_tokens",
+)
+
+#: Fields holding ready-made SDK clients, which a model's validator builds from its options:
+#: left out when a model is rebuilt without SDK retries, so the rebuild makes new ones.
+_SDK_CLIENTS = frozenset({"client", "async_client", "root_client", "root_async_client"})
+
+#: ``BaseChatModel`` options the wrapper takes over from the model it wraps (its own
+#: ``rate_limiter`` is not: the wrapper calls the model below the point where LangChain uses it).
+_INHERITED = frozenset(BaseChatModel.model_fields) - {"rate_limiter"}
+
+
+# -- rate_limiter: what LangChain's own hook can do ---------------------------------------------
+
+
+class RateLimiter(BaseRateLimiter):
+    """A :class:`~crewthrottle.Limiter` as LangChain's ``rate_limiter=`` (``BaseRateLimiter``).
+
+    LangChain calls :meth:`acquire` (or :meth:`aacquire`) once before each model request and
+    nothing afterwards, and names no request size. So each call takes a permit for 0 tokens
+    and gives it back at once. What that enforces, for requests made through this object:
+
+    - ``rpm``: **yes**: every request start counts in the limiter's window, shared with
+      everything else using the limiter (other models, threads, event loops).
+    - ``max_concurrent``: **no**. A free slot is waited for, but released before the request
+      is sent, so any number of requests may be in flight.
+    - ``tpm``: **no**. The permit weighs 0 tokens.
+    - retries: none here. Rate-limit errors come back from the model (or its SDK's own retries,
+      which this limiter does not see).
+
+    For all three limits, token settling and retries, wrap the model with
+    :func:`throttle_chat_model` instead.
+
+    Args:
+        limiter: The limiter to take permits from.
+        timeout: Seconds to wait for a permit at most (None: forever); then
+            :class:`~crewthrottle.AcquireTimeout` is raised, as LangChain ignores a False.
+    """
+
+    def __init__(self, limiter: Limiter, *, timeout: float | None = None) -> None:
+        self.limiter = _check_limiter(limiter)
+        if timeout is not None and (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+            or not math.isfinite(timeout)
+            or timeout < 0
+        ):
+            raise ValueError(f"timeout must be None or seconds >= 0, got {timeout!r}")
+        self.timeout = timeout
+
+    def acquire(self, *, blocking: bool = True) -> bool:
+        """Wait for the limiter to allow one more request start (GIL released).
+
+        With ``blocking=False``, False if it does not allow one right now.
+        """
+        if blocking:
+            permit = self.limiter.acquire(timeout=self.timeout)
+        elif (now := self.limiter.try_acquire()) is not None:
+            permit = now
+        else:
+            return False
+        permit.release()  # LangChain never says when the request ends: keep no slot
+        return True
+
+    async def aacquire(self, *, blocking: bool = True) -> bool:
+        """Await the limiter's leave for one more request start, without blocking the loop."""
+        if not blocking:
+            return self.acquire(blocking=False)
+        permit = await self.limiter.acquire_async(timeout=self.timeout)
+        permit.release()
+        return True
+
+    def __repr__(self) -> str:
+        return f"<crewthrottle.langchain.RateLimiter {self.limiter!r} timeout={self.timeout}>"
+
+
+def rate_limiter(limiter: Limiter, *, timeout: float | None = None) -> RateLimiter:
+    """``limiter`` as a LangChain ``BaseRateLimiter``: ``ChatOpenAI(rate_limiter=...)``.
+
+    Enforces ``rpm`` only; see :class:`RateLimiter` for why, and :func:`throttle_chat_model`
+    for a wrapper that enforces ``tpm`` and ``max_concurrent`` too.
+    ``limiter.as_langchain()`` calls this.
+    """
+    return RateLimiter(limiter, timeout=timeout)
+
+
+# -- throttle_chat_model: every limit, by wrapping the model ------------------------------------
+
+
+class ThrottledChatModel(BaseChatModel):
+    """A chat model whose every request holds a permit of ``limiter`` while it runs.
+
+    Built by :func:`throttle_chat_model`, which documents it. It is a ``BaseChatModel``, so
+    ``invoke``, ``ainvoke``, ``stream``, ``astream``, ``batch``, ``bind_tools``,
+    ``with_structured_output`` (through tool calling), callbacks, caching and chains work as
+    with the model it wraps.
+    """
+
+    chat_model: BaseChatModel
+    """The wrapped model (with its SDK retries switched off where possible)."""
+    limiter: Limiter
+    """Where every request takes its permit."""
+    retry: Backoff
+    """The retry policy for rate-limit errors, pausing ``limiter`` when a provider names a wait."""
+    token_estimator: EstimateTokens | None = None
+    """``estimate_tokens`` as given to :func:`throttle_chat_model` (None: the default)."""
+
+    @property
+    def _llm_type(self) -> str:
+        return f"crewthrottle-{self.chat_model._llm_type}"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return dict(self.chat_model._identifying_params)
+
+    def _get_invocation_params(
+        self, stop: list[str] | None = None, **kwargs: Any
+    ) -> dict[str, Any]:
+        return self.chat_model._get_invocation_params(stop=stop, **kwargs)
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        return self.chat_model._get_ls_params(stop=stop, **kwargs)
+
+    def bind_tools(
+        self,
+        tools: Sequence[dict[str, Any] | type | Callable[..., Any] | BaseTool],
+        *,
+        tool_choice: str | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, AIMessage]:
+        """The wrapped model's ``bind_tools``, with the tools bound to this wrapper instead.
+
+        The wrapped model formats the tools for its provider; the resulting options are bound
+        here, so tool calls stay throttled.
+        """
+        if tool_choice is not None:
+            kwargs["tool_choice"] = tool_choice
+        bound = self.chat_model.bind_tools(tools, **kwargs)
+        if not isinstance(bound, RunnableBinding) or bound.bound is not self.chat_model:
+            raise NotImplementedError(
+                f"{type(self.chat_model).__name__}.bind_tools returned {type(bound).__name__},"
+                " not options bound to the model; throttle the model after binding instead"
+            )
+        throttled = self.bind(**bound.kwargs)
+        return throttled.with_config(bound.config) if bound.config else throttled
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        tokens = self._tokens(messages, stop, kwargs)
+        call = self._call(self.chat_model._generate, messages, stop, run_manager, kwargs)
+
+        def attempt() -> ChatResult:
+            with self.limiter.acquire(tokens) as permit:
+                result: ChatResult = call()
+                _settle(permit, _result_tokens(result))
+                return result
+
+        return self.retry.call(attempt)
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        tokens = self._tokens(messages, stop, kwargs)
+        call = self._call(self.chat_model._agenerate, messages, stop, run_manager, kwargs)
+
+        async def attempt() -> ChatResult:
+            async with await self.limiter.acquire_async(tokens) as permit:
+                result: ChatResult = await call()
+                _settle(permit, _result_tokens(result))
+                return result
+
+        result: ChatResult = await self.retry.call(attempt)
+        return result
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        tokens = self._tokens(messages, stop, kwargs)
+        open_stream = self._call(self.chat_model._stream, messages, stop, run_manager, kwargs)
+
+        # One attempt runs until the first chunk: a 429 comes before it and is retried, while
+        # an error after it is not (the caller has already seen part of the reply).
+        def start() -> tuple[Permit, Iterator[ChatGenerationChunk], list[ChatGenerationChunk]]:
+            permit = self.limiter.acquire(tokens)
+            try:
+                chunks: Iterator[ChatGenerationChunk] = open_stream()
+                return permit, chunks, list(itertools.islice(chunks, 1))
+            except BaseException:
+                permit.release()
+                raise
+
+        permit, chunks, first = self.retry.call(start)
+        with permit:
+            try:
+                used: list[int] = []
+                for chunk in itertools.chain(first, chunks):
+                    used.extend(_counted(chunk.message))
+                    yield chunk
+                _settle(permit, sum(used) if used else None)
+            finally:
+                close = getattr(chunks, "close", None)
+                if close is not None:
+                    close()
+
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        tokens = self._tokens(messages, stop, kwargs)
+        open_stream = self._call(self.chat_model._astream, messages, stop, run_manager, kwargs)
+
+        async def start() -> tuple[Permit, AsyncIterator[ChatGenerationChunk], list[Any]]:
+            permit = await self.limiter.acquire_async(tokens)
+            try:
+                chunks: AsyncIterator[ChatGenerationChunk] = open_stream()
+                first = await anext(chunks, None)
+                return permit, chunks, [] if first is None else [first]
+            except BaseException:
+                permit.release()
+                raise
+
+        permit, chunks, first = await self.retry.call(start)
+        async with permit:
+            try:
+                used: list[int] = []
+                for chunk in first:
+                    used.extend(_counted(chunk.message))
+                    yield chunk
+                async for chunk in chunks:
+                    used.extend(_counted(chunk.message))
+                    yield chunk
+                _settle(permit, sum(used) if used else None)
+            finally:
+                aclose = getattr(chunks, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+
+    def _tokens(
+        self, messages: list[BaseMessage], stop: list[str] | None, kwargs: Mapping[str, Any]
+    ) -> int:
+        """The tokens to reserve for one request, capped so that it can always be granted."""
+        options = dict(kwargs) if stop is None else {**kwargs, "stop": stop}
+        if self.token_estimator is None:
+            tokens = estimate_tokens(messages, model=self.chat_model, **options)
+        else:
+            tokens = self.token_estimator(messages, **options)
+            if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
+                raise ValueError(f"estimate_tokens must return an int >= 0, got {tokens!r}")
+        # A generous completion budget must not make a request larger than the whole tpm
+        # (the limiter would refuse it for good); a prompt alone that large is refused.
+        tpm = self.limiter.tpm
+        if tpm is not None and tokens > tpm:
+            tokens = max(tpm, _prompt_tokens(messages, options.get("tools")))
+        return tokens
+
+    @staticmethod
+    def _call(
+        method: Callable[..., T],
+        messages: list[BaseMessage],
+        stop: list[str] | None,
+        run_manager: RunManager,
+        kwargs: Mapping[str, Any],
+    ) -> Callable[[], T]:
+        """``method`` bound to one request's arguments, passing ``run_manager`` where taken
+        (as LangChain does: not every model's ``_generate`` accepts it)."""
+        if "run_manager" in inspect.signature(method).parameters:
+            return functools.partial(method, messages, stop, run_manager=run_manager, **kwargs)
+        return functools.partial(method, messages, stop, **kwargs)
+
+
+def throttle_chat_model(
+    model: BaseChatModel,
+    limiter: Limiter,
+    *,
+    retry: Backoff | None = None,
+    estimate_tokens: EstimateTokens | None = None,
+) -> ThrottledChatModel:
+    """Wrap a LangChain chat model so that all of ``limiter``'s limits hold for its requests.
+
+    Each request (one per ``invoke``, per ``batch`` item, per ``stream``) takes a permit for
+    its estimated tokens before it is sent and holds it until the reply has been read, so
+    ``max_concurrent``, ``rpm`` and ``tpm`` are all enforced. When the reply reports
+    ``usage_metadata``, the permit is settled to its ``total_tokens``; otherwise the estimate
+    stands. (``ChatOpenAI`` streams report usage with ``stream_usage=True``.) An attempt that
+    fails keeps its estimate charged, as the provider may have counted it.
+
+    The estimate, unless ``estimate_tokens`` is given: the prompt's text (and any bound tools'
+    schemas) at 4 characters a token, plus the completion's cap (the call's or the model's
+    ``max_tokens``/``max_completion_tokens``/``max_output_tokens``, times ``n``), or
+    :data:`DEFAULT_COMPLETION_TOKENS` if none is set; capped at ``limiter.tpm``.
+    ``estimate_tokens(messages, **options)`` gets LangChain's messages and the call's options
+    (``stop``, ``max_tokens``, ``tools``, ...) and returns an int.
+
+    Rate-limit errors (:func:`crewthrottle.is_rate_limit_error`) are retried by ``retry``
+    (default ``crewthrottle.backoff()``, 4 tries; ``backoff(max_tries=1)`` retries nothing):
+    every attempt takes its own permit, released before the retry delay, and a provider's
+    named wait pauses ``limiter`` for everyone. A stream is retried only until its first chunk.
+
+    The wrapped model's own SDK retries would multiply each attempt behind the limiter's back:
+    a model with a ``max_retries`` option (``ChatOpenAI``, ``ChatAnthropic``, ...) not already
+    0 is rebuilt from the options it was given with ``max_retries=0`` (SDK clients passed in
+    ready-made are rebuilt too); if that fails, a warning is logged and the model is used as
+    it is. The model's own ``rate_limiter`` is not used.
+
+    The result is a ``BaseChatModel`` (not a plain ``Runnable``), so it goes wherever a chat
+    model goes: chains, agents, ``bind_tools``, ``with_structured_output``, callbacks.
+
+    Raises:
+        TypeError: if ``model`` is not a LangChain chat model, or ``limiter``, ``retry`` or
+            ``estimate_tokens`` has the wrong type.
+        ValueError: if ``model`` is already throttled by ``limiter`` (its requests would
+            wait for permits they themselves hold).
+    """
+    if not isinstance(model, BaseChatModel):
+        raise TypeError(f"model must be a LangChain chat model, got {type(model).__name__}")
+    _check_limiter(limiter)
+    if isinstance(model, ThrottledChatModel) and model.limiter is limiter:
+        raise ValueError("model is already throttled by this limiter")
+    if retry is None:
+        retry = backoff()
+    elif not isinstance(retry, Backoff):
+        raise TypeError(f"retry must be a crewthrottle.backoff(...), got {type(retry).__name__}")
+    if estimate_tokens is not None and not callable(estimate_tokens):
+        raise TypeError(f"estimate_tokens must be callable, got {type(estimate_tokens).__name__}")
+    inherited = {name: getattr(model, name) for name in _INHERITED & model.model_fields_set}
+    if type(model)._stream is BaseChatModel._stream:
+        inherited["disable_streaming"] = True  # it cannot stream: let LangChain fall back
+    return ThrottledChatModel(
+        chat_model=_without_sdk_retries(model),
+        limiter=limiter,
+        retry=retry if retry.limiter is not None else retry.with_limiter(limiter),
+        token_estimator=estimate_tokens,
+        **inherited,
+    )
+
+
+def estimate_tokens(
+    messages: Sequence[BaseMessage], *, model: BaseChatModel | None = None, **options: Any
+) -> int:
+    """The default estimate of one request's tokens: prompt plus completion cap.
+
+    The prompt is its messages' text, tool calls and ``options["tools"]`` at 4 characters a
+    token, rounded up (as OpenAI's rule of thumb; at least 1). The completion cap is the first
+    ``max_completion_tokens``/``max_tokens``/``max_output_tokens`` found in ``options``, then
+    on ``model``, else :data:`DEFAULT_COMPLETION_TOKENS`; times ``n`` choices.
+    """
+    prompt = _prompt_tokens(messages, options.get("tools"))
+    cap = _first_int(options, model, _MAX_TOKENS_NAMES) or DEFAULT_COMPLETION_TOKENS
+    return prompt + cap * (_first_int(options, model, ("n",)) or 1)
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+
+def _check_limiter(limiter: object) -> Limiter:
+    if not isinstance(limiter, Limiter):
+        raise TypeError(f"limiter must be a crewthrottle.Limiter, got {type(limiter).__name__}")
+    return limiter
+
+
+def _prompt_tokens(messages: Sequence[BaseMessage], tools: object) -> int:
+    chars = sum(len(_text(message.content)) for message in messages)
+    for message in messages:
+        for call in message.tool_calls if isinstance(message, AIMessage) else ():
+            chars += len(call["name"]) + len(json.dumps(call["args"], default=str))
+    if tools:
+        chars += len(json.dumps(tools, default=str))
+    return max(1, math.ceil(chars / 4))
+
+
+def _text(content: object) -> str:
+    """The text of a message's content: a string, or the text parts of a list of blocks."""
+    if isinstance(content, str):
+        return content
+    parts = content if isinstance(content, list) else []
+    texts = (p if isinstance(p, str) else p.get("text") for p in parts if isinstance(p, str | dict))
+    return "".join(t for t in texts if isinstance(t, str))
+
+
+def _first_int(options: Mapping[str, Any], model: object, names: Sequence[str]) -> int | None:
+    """The first positive int among ``options[name]``, then ``model.name``, for ``names``."""
+    for source in (options.get, lambda name: getattr(model, name, None)):
+        for name in names:
+            value = source(name)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value
+    return None
+
+
+def _counted(message: BaseMessage) -> list[int]:
+    """The total tokens a message (or chunk) reports, as a list of zero or one."""
+    usage = getattr(message, "usage_metadata", None)
+    total = usage.get("total_tokens") if isinstance(usage, dict) else None
+    return [total] if isinstance(total, int) and not isinstance(total, bool) else []
+
+
+def _result_tokens(result: ChatResult) -> int | None:
+    """The tokens a reply used: its messages' ``usage_metadata`` (each generation of one
+    response carries the whole response's usage, so the largest), else ``llm_output``'s."""
+    totals = [t for g in result.generations for t in _counted(g.message)]
+    if totals:
+        return max(totals)
+    usage = (result.llm_output or {}).get("token_usage")
+    total = usage.get("total_tokens") if isinstance(usage, dict) else None
+    return total if isinstance(total, int) and not isinstance(total, bool) else None
+
+
+def _settle(permit: Permit, tokens: int | None) -> None:
+    if tokens is not None:
+        permit.settle(tokens)
+
+
+def _without_sdk_retries(model: BaseChatModel) -> BaseChatModel:
+    """``model`` rebuilt with ``max_retries=0`` where it has that option set otherwise.
+
+    The SDK clients are built by the model's validators from its options, so the model is
+    constructed again from the options it was given; a copy would keep the old clients.
+    """
+    fields = type(model).model_fields
+    if "max_retries" not in fields or getattr(model, "max_retries", None) == 0:
+        return model
+    options = {
+        fields[name].alias or name: getattr(model, name)
+        for name in model.model_fields_set
+        if name in fields and name not in _SDK_CLIENTS
+    }
+    options[fields["max_retries"].alias or "max_retries"] = 0
+    try:
+        return type(model)(**options)
+    except Exception as exc:
+        logger.warning(
+            "could not switch off the retries of %s (%r): its SDK may retry 429s behind the "
+            "limiter's back; build it with max_retries=0",
+            type(model).__name__,
+            exc,
+        )
+        return model
