@@ -3,7 +3,7 @@
 //!
 //! `rpm=N` means what a user who copies N from a provider's dashboard expects: never more
 //! than N requests started in any window of `window` seconds (an exact [`SlidingWindow`]),
-//! spread evenly (a GCRA pacer on governor, one request every `window / N`, with `burst`
+//! spread evenly (a GCRA [`Pacer`], one request every `window / N`, with `burst`
 //! back to back), and the whole budget usable (the window, not the pacer, is the cap, so
 //! utilisation reaches 100%). `tpm` is an exact window over tokens; one request may take all
 //! of it. The pacer never refunds; the windows do (`settle`, abandoned grants).
@@ -14,19 +14,11 @@
 //! 429. So each start stays in the windows for `window + margin`: `margin` defaults to
 //! `window / 200` (0.3 s for a minute), at a cost of `margin / (window + margin)` of utilisation.
 
-use std::num::NonZeroU32;
-use std::time::Duration;
-
-use governor::middleware::NoOpMiddleware;
-use governor::state::{InMemoryState, NotKeyed};
-use governor::{Quota, RateLimiter};
-
-use super::clock::{nanos_of_secs, Clock, Nanos};
+use super::clock::{nanos_of_secs, Nanos};
 use super::error::{check_seconds, InvalidArgument, MAX_SPAN_SECS};
 use super::gate::{Check, Resource};
+use super::pacer::Pacer;
 use super::sliding_window::{Receipt, SlidingWindow};
-
-type Pacer = RateLimiter<NotKeyed, InMemoryState, Clock, NoOpMiddleware<Nanos>>;
 
 /// What a `Limiter` enforces. `None` means "no limit of that kind".
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -136,11 +128,11 @@ impl LimiterConfig {
         self.rpm.map(|rpm| self.window_ns() / rpm)
     }
 
-    fn pacer(&self, clock: &Clock) -> Option<Pacer> {
-        let interval = Duration::from_nanos(self.pacing_interval_ns()?.max(1));
-        let burst = NonZeroU32::new(self.burst.unwrap_or(1)).unwrap_or(NonZeroU32::MIN);
-        let quota = Quota::with_period(interval)?.allow_burst(burst);
-        Some(RateLimiter::direct_with_clock(quota, clock.clone()))
+    fn pacer(&self) -> Option<Pacer> {
+        Some(Pacer::new(
+            self.pacing_interval_ns()?,
+            self.burst.unwrap_or(1),
+        ))
     }
 }
 
@@ -219,11 +211,11 @@ pub struct LimiterBudget {
 
 impl LimiterBudget {
     /// A limiter with nothing in flight and empty windows.
-    pub fn new(config: LimiterConfig, clock: Clock) -> Self {
+    pub fn new(config: LimiterConfig) -> Self {
         let window = config.counted_ns();
         LimiterBudget {
             requests: config.rpm.map(|rpm| SlidingWindow::new(rpm, window)),
-            pacer: config.pacer(&clock),
+            pacer: config.pacer(),
             tokens: config.tpm.map(|tpm| SlidingWindow::new(tpm, window)),
             config,
             in_flight: 0,
@@ -315,6 +307,9 @@ impl LimiterBudget {
     /// The first instant at which the windows and the pause allow `tokens` more.
     fn rate_ready_at(&mut self, tokens: u64, now: Nanos) -> Nanos {
         let mut ready = self.paused_until.max(now);
+        if let Some(pacer) = &self.pacer {
+            ready = ready.max(pacer.ready_at(now));
+        }
         if let Some(requests) = &mut self.requests {
             ready = ready.max(requests.earliest(1, now).unwrap_or(ready));
         }
@@ -353,10 +348,8 @@ impl Resource for LimiterBudget {
         if ready > now {
             return Check::RetryAt(ready);
         }
-        if let Some(pacer) = &self.pacer {
-            if let Err(not_until) = pacer.check() {
-                return Check::RetryAt(not_until.earliest_possible());
-            }
+        if let Some(pacer) = &mut self.pacer {
+            pacer.record(now);
         }
         self.in_flight += 1;
         self.anonymous += u64::from(request.anonymous);
@@ -395,8 +388,8 @@ impl Resource for LimiterBudget {
         self.in_flight = 0;
         self.anonymous = 0;
         if !intact {
-            // Possibly half-written windows: leak them and start empty. The pacer is one
-            // atomic word, never half-written, so the child keeps the pace it inherited.
+            // Possibly half-written windows: leak them and start empty. The pacer is two plain
+            // words, never half-written, so the child keeps the pace it inherited.
             let window = self.config.counted_ns();
             let requests = self.config.rpm.map(|rpm| SlidingWindow::new(rpm, window));
             let tokens = self.config.tpm.map(|tpm| SlidingWindow::new(tpm, window));

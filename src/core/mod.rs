@@ -6,6 +6,7 @@ pub mod error;
 pub mod fork;
 pub mod gate;
 pub mod limiter;
+pub mod pacer;
 pub mod retry_budget;
 pub mod semaphore;
 pub mod sliding_window;

@@ -101,8 +101,7 @@ impl Limiter {
                 .map(|m| args::number(m, "margin"))
                 .transpose()?,
         )?;
-        let clock = Clock::monotonic();
-        let gate = Gate::new(LimiterBudget::new(config, clock.clone()), clock);
+        let gate = Gate::new(LimiterBudget::new(config), Clock::monotonic());
         Ok(Limiter {
             gate: new_gate(py, gate),
             config,

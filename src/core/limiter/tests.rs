@@ -1,6 +1,7 @@
 use std::time::Duration;
 
 use super::*;
+use crate::core::clock::Clock;
 
 const SEC: u64 = 1_000_000_000;
 
@@ -13,7 +14,7 @@ fn limiter(
 ) -> (LimiterBudget, Clock) {
     let clock = Clock::manual();
     let config = LimiterConfig::new(max_concurrent, rpm, tpm, window, burst, Some(0.0)).unwrap();
-    (LimiterBudget::new(config, clock.clone()), clock)
+    (LimiterBudget::new(config), clock)
 }
 
 fn req(tokens: u64) -> LimiterRequest {
@@ -251,7 +252,7 @@ fn the_margin_keeps_each_start_counted_a_little_past_the_window() {
     let clock = Clock::manual();
     let config = LimiterConfig::new(None, Some(1), None, 60.0, None, None).unwrap();
     assert!((config.margin - 0.3).abs() < 1e-12, "default: window / 200");
-    let mut b = LimiterBudget::new(config, clock.clone());
+    let mut b = LimiterBudget::new(config);
     granted(b.try_take(&req(0), clock.now()));
     clock.advance(Duration::from_secs(60));
     assert_eq!(
