@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import sys
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,7 +29,7 @@ class Settings:
     def make(cls, *, quick: bool, pin: bool) -> Settings:
         if quick:
             return cls(quick, pin, 0.02, 3, 1.0, 1.0, 1.0, 1.0)
-        return cls(quick, pin, 0.2, 7, 4.0, 4.0, 5.0, 4.0)
+        return cls(quick, pin, 0.2, 7, 4.0, 6.0, 5.0, 4.0)
 
 
 @dataclass
@@ -121,7 +123,7 @@ def render_text(table: Table) -> str:
     widths = [max(len(r[i]) for r in cells) for i in range(len(table.columns))]
     lines = [f"== {table.title} ==", *(f"   {n}" for n in table.notes)]
     for n, row in enumerate(cells):
-        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines)
@@ -140,10 +142,20 @@ def render_checks(tables: Sequence[Table], markdown: bool) -> str:
     checks = [c for t in tables for c in t.checks]
     if markdown:
         head = ["### Targets (ours)", "", "| what | measured | target | met |", "|---|---|---|---|"]
-        return "\n".join(head + [f"| {w} | {m} | {t} | {'yes' if ok else '**NO**'} |"
-                                 for w, m, t, ok in checks])
+        return "\n".join(
+            head + [f"| {w} | {m} | {t} | {'yes' if ok else '**NO**'} |" for w, m, t, ok in checks]
+        )
     width = max((len(c[0]) for c in checks), default=0)
     lines = ["== Targets (ours) =="]
-    lines += [f"  {'meets ' if ok else 'MISSES'}  {w.ljust(width)}  {m}  (target {t})"
-              for w, m, t, ok in checks]
+    lines += [
+        f"  {'meets ' if ok else 'MISSES'}  {w.ljust(width)}  {m}  (target {t})"
+        for w, m, t, ok in checks
+    ]
     return "\n".join(lines)
+
+
+def progress(section: str, what: str, started: float) -> None:
+    """One line per run on stderr, so a long benchmark shows where it is."""
+    print(
+        f"  [{section}] {what}: {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True
+    )

@@ -15,8 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import crewthrottle as ct
 from _common import Settings, Table
+
+import crewthrottle as ct
 
 HUGE = 10**9  # a rate no loop here can reach: the limiter always grants, so only cost counts
 
@@ -41,32 +42,78 @@ def _sync_cases() -> list[Case]:
         return lambda: {"lim": ct.Limiter(**kw)}
 
     return [
-        Case("threading.Semaphore", "s.acquire(); s.release()",
-             lambda: {"s": threading.Semaphore()}),
-        Case("crewthrottle.Semaphore", "s.acquire(); s.release()",
-             lambda: {"s": ct.Semaphore()}, ours=True),
-        Case("crewthrottle.Semaphore  with s:", "with s: pass",
-             lambda: {"s": ct.Semaphore()}, ours=True),
-        Case("crewthrottle.Limiter(max_concurrent)  with lim.acquire():",
-             "with lim.acquire(): pass", limiter(max_concurrent=8), True, target_ns=500),
-        Case("crewthrottle.Limiter(max_concurrent)  with lim:", "with lim: pass",
-             limiter(max_concurrent=8), True, target_ns=500),
-        Case("crewthrottle.Limiter(rpm=1e9)  with lim:", "with lim: pass",
-             limiter(rpm=HUGE, window=60.0), True, target_ns=500),
-        Case("crewthrottle.Limiter(rpm=1e9)  try_acquire().release()",
-             "lim.try_acquire().release()", limiter(rpm=HUGE, window=60.0), True,
-             target_ns=500),
-        Case("crewthrottle.TokenBucket(1e9)  try_acquire()", "b.try_acquire()",
-             lambda: {"b": ct.TokenBucket(HUGE)}, ours=True),
-        Case("pyrate-limiter  Limiter(Rate(1e9/s)).try_acquire", "lim.try_acquire('k')",
-             lambda: {"lim": Limiter(Rate(HUGE, Duration.SECOND))}),
-        Case("limits  MovingWindow(1e9/s, memory).hit", "mw.hit(item, 'k')",
-             lambda: {"mw": strategies.MovingWindowRateLimiter(storage.MemoryStorage()),
-                      "item": RateLimitItemPerSecond(HUGE)}),
-        Case("langchain  InMemoryRateLimiter(1e9/s).acquire()", "lim.acquire()",
-             lambda: {"lim": InMemoryRateLimiter(requests_per_second=HUGE)}),
-        Case("throttled-py  Throttled(per_sec(1e9)).limit()", "lim.limit()",
-             lambda: {"lim": Throttled(key="k", quota=per_sec(HUGE), store=MemoryStore())}),
+        Case(
+            "threading.Semaphore", "s.acquire(); s.release()", lambda: {"s": threading.Semaphore()}
+        ),
+        Case(
+            "crewthrottle.Semaphore",
+            "s.acquire(); s.release()",
+            lambda: {"s": ct.Semaphore()},
+            ours=True,
+        ),
+        Case(
+            "crewthrottle.Semaphore  with s:",
+            "with s: pass",
+            lambda: {"s": ct.Semaphore()},
+            ours=True,
+        ),
+        Case(
+            "crewthrottle.Limiter(max_concurrent)  with lim.acquire():",
+            "with lim.acquire(): pass",
+            limiter(max_concurrent=8),
+            True,
+            target_ns=500,
+        ),
+        Case(
+            "crewthrottle.Limiter(max_concurrent)  with lim:",
+            "with lim: pass",
+            limiter(max_concurrent=8),
+            True,
+            target_ns=500,
+        ),
+        Case(
+            "crewthrottle.Limiter(rpm=1e9)  with lim:",
+            "with lim: pass",
+            limiter(rpm=HUGE, window=60.0),
+            True,
+            target_ns=500,
+        ),
+        Case(
+            "crewthrottle.Limiter(rpm=1e9)  try_acquire().release()",
+            "lim.try_acquire().release()",
+            limiter(rpm=HUGE, window=60.0),
+            True,
+            target_ns=500,
+        ),
+        Case(
+            "crewthrottle.TokenBucket(1e9)  try_acquire()",
+            "b.try_acquire()",
+            lambda: {"b": ct.TokenBucket(HUGE)},
+            ours=True,
+        ),
+        Case(
+            "pyrate-limiter  Limiter(Rate(1e9/s)).try_acquire",
+            "lim.try_acquire('k')",
+            lambda: {"lim": Limiter(Rate(HUGE, Duration.SECOND))},
+        ),
+        Case(
+            "limits  MovingWindow(1e9/s, memory).hit",
+            "mw.hit(item, 'k')",
+            lambda: {
+                "mw": strategies.MovingWindowRateLimiter(storage.MemoryStorage()),
+                "item": RateLimitItemPerSecond(HUGE),
+            },
+        ),
+        Case(
+            "langchain  InMemoryRateLimiter(1e9/s).acquire()",
+            "lim.acquire()",
+            lambda: {"lim": InMemoryRateLimiter(requests_per_second=HUGE)},
+        ),
+        Case(
+            "throttled-py  Throttled(per_sec(1e9)).limit()",
+            "lim.limit()",
+            lambda: {"lim": Throttled(key="k", quota=per_sec(HUGE), store=MemoryStore())},
+        ),
     ]
 
 
@@ -75,18 +122,45 @@ def _async_cases() -> list[Case]:
     from langchain_core.rate_limiters import InMemoryRateLimiter
 
     return [
-        Case("asyncio.Semaphore  async with", "async with s: pass",
-             lambda: {"s": asyncio.Semaphore()}, is_async=True),
-        Case("crewthrottle.Semaphore  async with", "async with s: pass",
-             lambda: {"s": ct.Semaphore()}, ours=True, is_async=True),
-        Case("crewthrottle.Limiter(max_concurrent)  async with", "async with lim: pass",
-             lambda: {"lim": ct.Limiter(max_concurrent=8)}, ours=True, is_async=True),
-        Case("crewthrottle.Limiter(rpm=1e9)  async with", "async with lim: pass",
-             lambda: {"lim": ct.Limiter(rpm=HUGE, window=60.0)}, ours=True, is_async=True),
-        Case("aiolimiter  AsyncLimiter(1e9, 1)  async with", "async with lim: pass",
-             lambda: {"lim": AsyncLimiter(HUGE, 1)}, is_async=True),
-        Case("langchain  InMemoryRateLimiter(1e9/s).aacquire()", "await lim.aacquire()",
-             lambda: {"lim": InMemoryRateLimiter(requests_per_second=HUGE)}, is_async=True),
+        Case(
+            "asyncio.Semaphore  async with",
+            "async with s: pass",
+            lambda: {"s": asyncio.Semaphore()},
+            is_async=True,
+        ),
+        Case(
+            "crewthrottle.Semaphore  async with",
+            "async with s: pass",
+            lambda: {"s": ct.Semaphore()},
+            ours=True,
+            is_async=True,
+        ),
+        Case(
+            "crewthrottle.Limiter(max_concurrent)  async with",
+            "async with lim: pass",
+            lambda: {"lim": ct.Limiter(max_concurrent=8)},
+            ours=True,
+            is_async=True,
+        ),
+        Case(
+            "crewthrottle.Limiter(rpm=1e9)  async with",
+            "async with lim: pass",
+            lambda: {"lim": ct.Limiter(rpm=HUGE, window=60.0)},
+            ours=True,
+            is_async=True,
+        ),
+        Case(
+            "aiolimiter  AsyncLimiter(1e9, 1)  async with",
+            "async with lim: pass",
+            lambda: {"lim": AsyncLimiter(HUGE, 1)},
+            is_async=True,
+        ),
+        Case(
+            "langchain  InMemoryRateLimiter(1e9/s).aacquire()",
+            "await lim.aacquire()",
+            lambda: {"lim": InMemoryRateLimiter(requests_per_second=HUGE)},
+            is_async=True,
+        ),
     ]
 
 
@@ -125,8 +199,9 @@ def _calibrate(run: Callable[[int], float], min_time: float) -> int:
 
 
 def run_cost(settings: Settings) -> Table:
-    table = Table("cost", "Uncontended acquire+release cost",
-                  ["operation", "ns/op", "x threading.Semaphore"])
+    table = Table(
+        "cost", "Uncontended acquire+release cost", ["operation", "ns/op", "x threading.Semaphore"]
+    )
     table.notes.append(
         f"timeit-style loops, best of {settings.cost_repeats} repeats of >= "
         f"{settings.cost_min_time:g} s each, one thread, not pinned; rate limiters at 1e9/s "
@@ -146,8 +221,10 @@ def _check(table: Table, case: Case, ns: float, ratio: float) -> None:
     if not case.ours:
         return
     if case.target_ns is not None:
-        table.check(f"{case.name} cost", f"{ns:.0f} ns", f"< {case.target_ns:.0f} ns",
-                    ns < case.target_ns)
+        table.check(
+            f"{case.name} cost", f"{ns:.0f} ns", f"< {case.target_ns:.0f} ns", ns < case.target_ns
+        )
     elif case.name.startswith("crewthrottle.Semaphore") and not case.is_async:
-        table.check(f"{case.name} cost", f"{ratio:.2f} x threading.Semaphore", "<= 0.33 x",
-                    ratio <= 1 / 3)
+        table.check(
+            f"{case.name} cost", f"{ratio:.2f} x threading.Semaphore", "<= 0.33 x", ratio <= 1 / 3
+        )

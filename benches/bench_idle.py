@@ -14,9 +14,11 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
+
+from _common import Settings, Table, pinned, progress
 
 import crewthrottle as ct
-from _common import Settings, Table, pinned
 
 TASKS = 1000
 THREADS = 100
@@ -80,22 +82,25 @@ def _async_cases() -> list[IdleCase]:
         IdleCase("langchain InMemoryRateLimiter", "1/3600 per s (polls every 0.1 s)", langchain),
     ]
     with contextlib.suppress(ImportError):
-        import asyncio_throttle  # optional peer: pip install asyncio-throttle
+        from asyncio_throttle.throttler import Throttler  # optional peer
 
         def throttle(_: float) -> tuple[Waiter, Callable[[], None]]:
-            return asyncio_throttle.Throttler(rate_limit=1, period=HOUR).acquire, lambda: None
+            return Throttler(rate_limit=1, period=HOUR).acquire, lambda: None
 
-        cases.append(IdleCase("asyncio-throttle", "Throttler(1, 3600), spent (optional)",
-                              throttle, spend=True))
+        cases.append(
+            IdleCase(
+                "asyncio-throttle", "Throttler(1, 3600), spent (optional)", throttle, spend=True
+            )
+        )
     return cases
 
 
 async def _measure_async(case: IdleCase, settle: float, seconds: float) -> tuple[float, int]:
     waiter, cleanup = case.setup(time.monotonic() + HOUR)
-    make: Callable[[], Awaitable[object]] = waiter  # type: ignore[assignment]
+    make: Callable[[], Awaitable[Any]] = waiter  # type: ignore[assignment]
     if case.spend:
         await make()
-    tasks = [asyncio.create_task(make()) for _ in range(TASKS)]  # type: ignore[arg-type]
+    tasks = [asyncio.ensure_future(make()) for _ in range(TASKS)]
     await asyncio.sleep(settle)
     cpu, wall = time.process_time(), time.perf_counter()
     await asyncio.sleep(seconds)
@@ -167,11 +172,16 @@ def _measure_threads(case: IdleCase, settle: float, seconds: float) -> tuple[flo
 
 def run_idle(settings: Settings) -> Table:
     seconds, settle = settings.idle_seconds, (0.2 if settings.quick else 0.5)
-    table = Table("idle", "Idle CPU: blocked waiters doing nothing",
-                  ["limiter", "waiters", "blocked on", "still waiting", "CPU % of one core"])
+    table = Table(
+        "idle",
+        "Idle CPU: blocked waiters doing nothing",
+        ["limiter", "waiters", "blocked on", "still waiting", "CPU % of one core"],
+    )
     with pinned(settings.pin) as where:
-        table.notes.append(f"Waiters settle {settle:g} s, then process CPU time is read over "
-                           f"{seconds:g} s; {where}.")
+        table.notes.append(
+            f"Waiters settle {settle:g} s, then process CPU time is read over "
+            f"{seconds:g} s; {where}."
+        )
         for case in _async_cases():
             pct, waiting = asyncio.run(_measure_async(case, settle, seconds))
             _add(table, case, f"{TASKS} tasks", waiting, pct)
@@ -182,7 +192,9 @@ def run_idle(settings: Settings) -> Table:
 
 
 def _add(table: Table, case: IdleCase, waiters: str, waiting: int, pct: float) -> None:
+    progress("idle", f"{case.name} ({case.config}), {waiters}: {pct:.2f}% CPU", time.perf_counter())
     table.rows.append([case.name, waiters, case.config, waiting, pct])
     if case.ours:
-        table.check(f"{case.name} idle CPU, {waiters}, {case.config}", f"{pct:.2f}%",
-                    "<= 0.5%", pct <= 0.5)
+        table.check(
+            f"{case.name} idle CPU, {waiters}, {case.config}", f"{pct:.2f}%", "<= 0.5%", pct <= 0.5
+        )

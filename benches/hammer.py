@@ -9,14 +9,16 @@ from collections.abc import Callable
 
 from peers import AsyncAcquire, SyncAcquire
 
+GRACE = 3.0  # seconds
 Grant = tuple[float, int]  # (time.perf_counter() right after the grant, worker index)
 
 
 def threads(acquire: SyncAcquire, workers: int, seconds: float) -> tuple[list[Grant], float]:
     """``workers`` threads call ``acquire`` in a loop for ``seconds``; returns grants and t0.
 
-    Threads still blocked at the end finish their last acquire before joining; grants after
-    ``t0 + seconds`` are dropped so every contender is judged over the same span.
+    Grants after ``t0 + seconds`` are dropped so every contender is judged over the same span.
+    Threads still blocked at the end get ``GRACE`` seconds to finish their last acquire; a
+    slow peer's stragglers (daemon threads, mostly asleep) are then left to finish alone.
     """
     grants: list[Grant] = []
     go, stop = threading.Event(), threading.Event()
@@ -34,21 +36,22 @@ def threads(acquire: SyncAcquire, workers: int, seconds: float) -> tuple[list[Gr
     go.set()
     time.sleep(seconds)
     stop.set()
+    give_up = time.perf_counter() + GRACE
     for thread in pool:
-        thread.join()
+        thread.join(max(give_up - time.perf_counter(), 0.0))
     return [g for g in grants if g[0] < t0 + seconds], t0
 
 
-def tasks(make: Callable[[], AsyncAcquire], workers: int, seconds: float) -> tuple[
-    list[Grant], float
-]:
+def tasks(
+    make: Callable[[], AsyncAcquire], workers: int, seconds: float
+) -> tuple[list[Grant], float]:
     """``workers`` asyncio tasks on one fresh loop, cancelled after ``seconds``."""
     return asyncio.run(_tasks(make, workers, seconds))
 
 
-async def _tasks(make: Callable[[], AsyncAcquire], workers: int, seconds: float) -> tuple[
-    list[Grant], float
-]:
+async def _tasks(
+    make: Callable[[], AsyncAcquire], workers: int, seconds: float
+) -> tuple[list[Grant], float]:
     acquire = make()
     grants: list[Grant] = []
 

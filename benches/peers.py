@@ -31,26 +31,36 @@ class Contender:
 # --- ours ----------------------------------------------------------------------------------
 
 
-def _ours_limiter(rate: int) -> Contender:
+def _ours_limiter(rate: int, margin: float | None = None) -> Contender:
+    # margin=None is the default (window / 200: each start stays counted 5 ms longer).
+    options: dict[str, float] = {} if margin is None else {"margin": margin}
+
     def make_sync() -> SyncAcquire:
-        lim = ct.Limiter(rpm=rate, window=1.0, burst=1)
+        lim = ct.Limiter(rpm=rate, window=1.0, burst=1, **options)
         return lambda: lim.acquire().release()
 
     def make_async() -> AsyncAcquire:
-        lim = ct.Limiter(rpm=rate, window=1.0, burst=1)
+        lim = ct.Limiter(rpm=rate, window=1.0, burst=1, **options)
 
         async def acquire() -> None:
             (await lim.acquire_async()).release()
 
         return acquire
 
-    return Contender("crewthrottle.Limiter", f"rpm={rate}, window=1.0, burst=1", True,
-                     make_sync, make_async)
+    config = f"rpm={rate}, window=1.0, burst=1" + (
+        " (default margin 0.005)" if margin is None else f", margin={margin:g}"
+    )
+    return Contender("crewthrottle.Limiter", config, True, make_sync, make_async)
 
 
 def _ours_bucket(rate: int) -> Contender:
     def make_sync() -> SyncAcquire:
-        return ct.TokenBucket(rate, per=1.0, burst=1).acquire  # type: ignore[no-any-return]
+        bucket = ct.TokenBucket(rate, per=1.0, burst=1)
+
+        def acquire() -> None:
+            bucket.acquire()
+
+        return acquire
 
     def make_async() -> AsyncAcquire:
         bucket = ct.TokenBucket(rate, per=1.0, burst=1)
@@ -60,26 +70,33 @@ def _ours_bucket(rate: int) -> Contender:
 
         return acquire
 
-    return Contender("crewthrottle.TokenBucket", f"({rate}, per=1.0, burst=1)", True,
-                     make_sync, make_async)
+    return Contender(
+        "crewthrottle.TokenBucket", f"({rate}, per=1.0, burst=1)", True, make_sync, make_async
+    )
 
 
 # --- peers ---------------------------------------------------------------------------------
 
 
 def _pyrate(rate: int) -> Contender:
-    from pyrate_limiter import BucketAsyncWrapper, Duration, InMemoryBucket, Limiter, Rate
+    from pyrate_limiter import AbstractBucket, BucketAsyncWrapper, Duration, Limiter, Rate
+    from pyrate_limiter.buckets.in_memory_bucket import InMemoryBucket
 
     period_ms = 1000 // rate
 
-    def limiter(bucket: object) -> Limiter:
+    def limiter(bucket: AbstractBucket) -> Limiter:
         # As pyrate's own create_inmemory_limiter() builds a blocking limiter (buffer_ms=50).
-        return Limiter(bucket, raise_when_fail=False, max_delay=Duration.DAY,
-                       retry_until_max_delay=True)
+        return Limiter(
+            bucket, raise_when_fail=False, max_delay=Duration.DAY, retry_until_max_delay=True
+        )
 
     def make_sync() -> SyncAcquire:
         lim = limiter(InMemoryBucket([Rate(1, period_ms)]))
-        return lambda: lim.try_acquire("k") and None
+
+        def acquire() -> None:
+            lim.try_acquire("k")
+
+        return acquire
 
     def make_async() -> AsyncAcquire:
         lim = limiter(BucketAsyncWrapper(InMemoryBucket([Rate(1, period_ms)])))
@@ -89,8 +106,13 @@ def _pyrate(rate: int) -> Contender:
 
         return acquire
 
-    return Contender("pyrate-limiter", f"Rate(1, {period_ms} ms), max_delay=DAY (blocking)",
-                     False, make_sync, make_async)
+    return Contender(
+        "pyrate-limiter",
+        f"Rate(1, {period_ms} ms), max_delay=DAY (blocking)",
+        False,
+        make_sync,
+        make_async,
+    )
 
 
 def _langchain(rate: int) -> Contender:
@@ -101,7 +123,11 @@ def _langchain(rate: int) -> Contender:
 
     def make_sync() -> SyncAcquire:
         lim = make()
-        return lambda: lim.acquire() and None
+
+        def acquire() -> None:
+            lim.acquire()
+
+        return acquire
 
     def make_async() -> AsyncAcquire:
         lim = make()
@@ -111,9 +137,13 @@ def _langchain(rate: int) -> Contender:
 
         return acquire
 
-    return Contender("langchain InMemoryRateLimiter",
-                     f"requests_per_second={rate}, max_bucket_size=1 (polls every 0.1 s)",
-                     False, make_sync, make_async)
+    return Contender(
+        "langchain InMemoryRateLimiter",
+        f"requests_per_second={rate}, max_bucket_size=1 (polls every 0.1 s)",
+        False,
+        make_sync,
+        make_async,
+    )
 
 
 def _throttled(rate: int) -> Contender:
@@ -121,8 +151,12 @@ def _throttled(rate: int) -> Contender:
     import throttled.asyncio as athrottled
 
     def make_sync() -> SyncAcquire:
-        lim = throttled.Throttled(key="k", quota=throttled.per_sec(rate, burst=1),
-                                  store=throttled.MemoryStore(), timeout=10.0)
+        lim = throttled.Throttled(
+            key="k",
+            quota=throttled.per_sec(rate, burst=1),
+            store=throttled.MemoryStore(),
+            timeout=10.0,
+        )
 
         def acquire() -> None:
             while lim.limit().limited:
@@ -131,8 +165,12 @@ def _throttled(rate: int) -> Contender:
         return acquire
 
     def make_async() -> AsyncAcquire:
-        lim = athrottled.Throttled(key="k", quota=athrottled.per_sec(rate, burst=1),
-                                   store=athrottled.MemoryStore(), timeout=10.0)
+        lim = athrottled.Throttled(
+            key="k",
+            quota=athrottled.per_sec(rate, burst=1),
+            store=athrottled.MemoryStore(),
+            timeout=10.0,
+        )
 
         async def acquire() -> None:
             while (await lim.limit()).limited:
@@ -140,8 +178,13 @@ def _throttled(rate: int) -> Contender:
 
         return acquire
 
-    return Contender("throttled-py", f"token_bucket per_sec({rate}, burst=1), timeout=10.0",
-                     False, make_sync, make_async)
+    return Contender(
+        "throttled-py",
+        f"token_bucket per_sec({rate}, burst=1), timeout=10.0 (retry_after in whole s)",
+        False,
+        make_sync,
+        make_async,
+    )
 
 
 def _limits(rate: int) -> Contender:
@@ -170,9 +213,14 @@ def _limits(rate: int) -> Contender:
 
         return acquire
 
-    return Contender("limits (moving window)",
-                     f"{rate}/second + sleep-until-reset retry (burst {rate}: no sub-second windows)",
-                     False, make_sync, make_async, burst_one=False)
+    return Contender(
+        "limits (moving window)",
+        f"{rate}/second + sleep-until-reset retry (burst {rate}: no sub-second windows)",
+        False,
+        make_sync,
+        make_async,
+        burst_one=False,
+    )
 
 
 def _aiolimiter(max_rate: float, period: float, burst_one: bool) -> Contender:
@@ -187,14 +235,24 @@ def _aiolimiter(max_rate: float, period: float, burst_one: bool) -> Contender:
         return acquire
 
     note = "" if burst_one else f" (bucket of {max_rate:g}: bursts {max_rate:g})"
-    return Contender("aiolimiter", f"AsyncLimiter({max_rate:g}, {period:g}){note}; one loop only",
-                     False, None, make_async, burst_one=burst_one)
+    return Contender(
+        "aiolimiter",
+        f"AsyncLimiter({max_rate:g}, {period:g}){note}; one loop only",
+        False,
+        None,
+        make_async,
+        burst_one=burst_one,
+    )
 
 
-def rate_contenders(rate: int) -> list[Contender]:
-    """Ours first, then the peers users would pick instead, all at ``rate``/s with burst 1."""
+def rate_contenders(rate: int, *, variants: bool = False) -> list[Contender]:
+    """Ours first, then the peers users would pick instead, all at ``rate``/s with burst 1.
+
+    ``variants`` adds our Limiter without its margin, to tell the margin's cost from the rest.
+    """
+    ours = [_ours_limiter(rate), *([_ours_limiter(rate, 0.0)] if variants else [])]
     return [
-        _ours_limiter(rate),
+        *ours,
         _ours_bucket(rate),
         _pyrate(rate),
         _langchain(rate),

@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -21,11 +22,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script from anywhere
 
-from _common import Settings, Table, render_checks, render_markdown, render_text  # noqa: E402
-from bench_cost import run_cost  # noqa: E402
-from bench_idle import run_idle  # noqa: E402
-from bench_latency import run_latency  # noqa: E402
-from bench_rate import run_fairness, run_rate  # noqa: E402
+from _common import Settings, Table, render_checks, render_markdown, render_text
+from bench_cost import run_cost
+from bench_idle import run_idle
+from bench_latency import run_latency
+from bench_rate import run_fairness, run_rate
 
 SECTIONS: dict[str, Callable[[Settings], Table]] = {
     "cost": run_cost,
@@ -51,8 +52,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", help=f"comma-separated sections: {', '.join(SECTIONS)}")
     parser.add_argument("--json", type=Path, help="write every figure as JSON here")
     parser.add_argument("--markdown", type=Path, help="write the tables as Markdown here")
-    parser.add_argument("--no-pin", action="store_true",
-                        help="do not pin the timing-sensitive runs to CPU 0")
+    parser.add_argument(
+        "--no-pin", action="store_true", help="do not pin the timing-sensitive runs to CPU 0"
+    )
     args = parser.parse_args(argv)
     names = args.only.split(",") if args.only else list(SECTIONS)
     unknown = [n for n in names if n not in SECTIONS]
@@ -77,15 +79,43 @@ def _machine() -> dict[str, str]:
         "cpu model": model,
         "python": f"{platform.python_implementation()} {platform.python_version()}",
         "platform": platform.platform(),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "command": " ".join([_relative(sys.executable), *sys.argv]),
+        "source": _commit(),
     }
+
+
+def _commit() -> str:
+    """The commit crewthrottle was built from, and whether the tree had local changes."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], capture_output=True, text=True, cwd=Path(__file__).parent, check=False
+        ).stdout.strip()
+
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    dirty = git("status", "--porcelain", "--", "src", "python", "Cargo.toml")
+    return f"commit {head}" + (" + uncommitted changes in src/ or python/" if dirty else "")
+
+
+def _relative(path: str) -> str:
+    try:
+        return os.path.relpath(path) if not os.path.relpath(path).startswith("..") else path
+    except ValueError:
+        return path
 
 
 def _versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
-    names = ["crewthrottle", "pyrate-limiter", "limits", "aiolimiter", "langchain-core",
-             "throttled-py", "asyncio-throttle"]
+    names = [
+        "crewthrottle",
+        "pyrate-limiter",
+        "limits",
+        "aiolimiter",
+        "langchain-core",
+        "throttled-py",
+        "asyncio-throttle",
+    ]
     found = {}
     for name in names:
         try:
@@ -99,6 +129,12 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     settings = Settings.make(quick=args.quick, pin=not args.no_pin)
     machine, versions = _machine(), _versions()
+    machine["pinning"] = (
+        "rate, latency, idle and fairness runs pinned to CPU 0 "
+        "(os.sched_setaffinity on every thread of the process); cost unpinned"
+        if settings.pin
+        else "none (--no-pin)"
+    )
     print("\n".join(f"{k}: {v}" for k, v in machine.items()))
     print("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
     print("targets: " + "; ".join(TARGETS) + "\n", flush=True)
@@ -118,7 +154,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _markdown(tables: list[Table], machine: dict[str, str], versions: dict[str, str]) -> str:
-    head = ["## Benchmarks", ""]
+    head = [
+        "# crewthrottle benchmarks",
+        "",
+        "Written by `benches/run.py`; every peer ran beside "
+        "ours in the same process, one after the other.",
+        "",
+    ]
     head += [f"- {k}: `{v}`" if k == "command" else f"- {k}: {v}" for k, v in machine.items()]
     head.append("- versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
     head.append("- targets: " + "; ".join(TARGETS))
@@ -135,8 +177,11 @@ def _as_json(tables: list[Table], machine: dict[str, str], versions: dict[str, s
             t.key: {
                 "title": t.title,
                 "notes": t.notes,
-                "rows": [dict(zip(t.columns, row)) for row in t.rows],
-                "checks": [dict(zip(["what", "measured", "target", "met"], c)) for c in t.checks],
+                "rows": [dict(zip(t.columns, row, strict=True)) for row in t.rows],
+                "checks": [
+                    dict(zip(["what", "measured", "target", "met"], c, strict=True))
+                    for c in t.checks
+                ],
             }
             for t in tables
         },
