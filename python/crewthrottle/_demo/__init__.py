@@ -15,7 +15,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +48,7 @@ class Outcome:
     mode: str
     ok: int
     failed: int
+    unfinished: int
     requests: int
     rate_limited: int
     wall: float
@@ -64,6 +64,12 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--max-concurrent", type=int, default=4, help="provider concurrency (4)")
     parser.add_argument("--window", type=float, default=8.0, help="a 'minute', in seconds (8)")
     parser.add_argument("--latency", type=float, default=0.5, help="seconds per completion (0.5)")
+    parser.add_argument(
+        "--time-limit",
+        type=float,
+        default=30.0,
+        help="seconds a mode may run; crews still retrying then count as unfinished (30)",
+    )
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated: {MODES}")
     parser.add_argument("--chart", type=Path, default=Path("crewthrottle-demo.svg"))
     parser.add_argument("--quiet", action="store_true", help="no live progress")
@@ -75,8 +81,8 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     for name in ("crews", "rpm", "tpm", "max_concurrent"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
-    if args.window <= 0 or args.latency < 0:
-        parser.error("--window must be > 0 and --latency >= 0")
+    if args.window <= 0 or args.latency < 0 or args.time_limit <= 0:
+        parser.error("--window and --time-limit must be > 0, --latency >= 0")
     return args
 
 
@@ -125,21 +131,41 @@ def kickoff_counting(crew: Any, done: Callable[[bool], None]) -> None:
         done(True)
 
 
-def run_unthrottled(crews: list[Any], done: Callable[[bool], None], limits: Limits) -> None:
-    with ThreadPoolExecutor(len(crews)) as pool:
-        for crew in crews:
-            pool.submit(kickoff_counting, crew, done)
+def start(crews: Sequence[Any], done: Callable[[bool], None]) -> list[threading.Thread]:
+    """One daemon thread per kickoff, so a mode that overruns its time can be left behind."""
+    threads = [
+        threading.Thread(target=kickoff_counting, args=(crew, done), daemon=True) for crew in crews
+    ]
+    for thread in threads:
+        thread.start()
+    return threads
 
 
-def run_seed_fix(crews: list[Any], done: Callable[[bool], None], limits: Limits) -> None:
-    for start in range(0, len(crews), 5):
-        with ThreadPoolExecutor(5) as pool:
-            for crew in crews[start : start + 5]:
-                pool.submit(kickoff_counting, crew, done)
-        time.sleep(2)
+def join(threads: list[threading.Thread], deadline: float) -> None:
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
 
 
-def run_crewthrottle(crews: list[Any], done: Callable[[bool], None], limits: Limits) -> None:
+def run_unthrottled(
+    crews: list[Any], done: Callable[[bool], None], limits: Limits, deadline: float
+) -> None:
+    join(start(crews, done), deadline)
+
+
+def run_seed_fix(
+    crews: list[Any], done: Callable[[bool], None], limits: Limits, deadline: float
+) -> None:
+    for first in range(0, len(crews), 5):
+        join(start(crews[first : first + 5], done), deadline)
+        pause = min(2.0, deadline - time.monotonic())
+        if pause <= 0:
+            return
+        time.sleep(pause)
+
+
+def run_crewthrottle(
+    crews: list[Any], done: Callable[[bool], None], limits: Limits, deadline: float
+) -> None:
     import crewthrottle as ct
     from crewthrottle.crewai import kickoff_all
 
@@ -170,12 +196,15 @@ class Progress:
         self.out = sys.stdout  # CrewAI's own printing is silenced while the mode runs
         self.live = not quiet and self.out.isatty()
         self.ok = self.failed = 0
+        self.closed = False  # kickoffs still retrying when the mode's time is up count no more
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.started = time.monotonic()
 
     def done(self, ok: bool) -> None:
         with self.lock:
+            if self.closed:
+                return
             if ok:
                 self.ok += 1
             else:
@@ -199,6 +228,8 @@ class Progress:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        with self.lock:
+            self.closed = True
         self.stop.set()
         print("\r" + self.line(), file=self.out, flush=True)
 
@@ -210,13 +241,14 @@ def run_mode(mode: str, args: argparse.Namespace, limits: Limits) -> Outcome:
         max_concurrent=limits.max_concurrent,
         window=limits.window,
         latency=limits.latency,
+        rejected_consume_quota=True,  # as OpenAI: a refused request still counts
     ) as provider:
         max_retries = 3 if mode == "seed-fix" else None
         crews = build_crews(args.crews, provider.base_url, max_retries=max_retries)
         progress = Progress(mode, args.crews, provider, args.quiet)
         chatter = io.StringIO()
         with progress, contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
-            RUNNERS[mode](crews, progress.done, limits)
+            RUNNERS[mode](crews, progress.done, limits, progress.started + args.time_limit)
         wall = time.monotonic() - progress.started
         log = list(provider.log)
     accepted = sum(1 for r in log if r.status < 400)
@@ -224,13 +256,14 @@ def run_mode(mode: str, args: argparse.Namespace, limits: Limits) -> Outcome:
     allowed = limits.rpm * math.ceil(wall / limits.window)
     series = chart.Series(
         f"{MODE_TITLES[mode]}: {progress.ok}/{args.crews} crews ok, "
-        f"{sum(1 for r in log if r.status == 429)} x 429",
+        f"{sum(1 for r in log if r.status == 429)} x 429, {wall:.1f} s",
         [(r.start - progress.started, r.status) for r in log],
     )
     return Outcome(
         mode=mode,
         ok=progress.ok,
         failed=progress.failed,
+        unfinished=args.crews - progress.ok - progress.failed,
         requests=len(log),
         rate_limited=sum(1 for r in log if r.status == 429),
         wall=wall,
@@ -240,12 +273,14 @@ def run_mode(mode: str, args: argparse.Namespace, limits: Limits) -> Outcome:
 
 
 def table(outcomes: list[Outcome], crews: int) -> str:
-    head = f"{'mode':<14}{'crews ok':>10}{'failed':>8}{'HTTP reqs':>11}{'429s':>7}"
+    head = (
+        f"{'mode':<14}{'crews ok':>10}{'failed':>8}{'unfinished':>12}{'HTTP reqs':>11}{'429s':>7}"
+    )
     head += f"{'wall s':>8}{'rpm used':>10}"
     rows = [head, "-" * len(head)]
     for o in outcomes:
         rows.append(
-            f"{o.mode:<14}{f'{o.ok}/{crews}':>10}{o.failed:>8}{o.requests:>11}"
+            f"{o.mode:<14}{f'{o.ok}/{crews}':>10}{o.failed:>8}{o.unfinished:>12}{o.requests:>11}"
             f"{o.rate_limited:>7}{o.wall:>8.1f}{o.utilisation:>10.0%}"
         )
     return "\n".join(rows)

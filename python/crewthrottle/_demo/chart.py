@@ -32,8 +32,8 @@ def render(panels: list[Series], *, limit_per_bin: float, bin_seconds: float, no
     end = max((at for s in panels for at, _ in s.requests), default=1.0)
     count = max(1, math.ceil(end / bin_seconds) + 1)
     binned = [_bins(s, bin_seconds, count) for s in panels]
-    totals = [o + r for ok, rejected in binned for o, r in zip(ok, rejected, strict=True)]
-    peak = max([limit_per_bin * 1.5, *totals])
+    # The scale shows the limit clearly; taller bars (a 429 storm) are cut and labelled.
+    peak = limit_per_bin * 4
     plot_w = WIDTH - MARGIN_LEFT - MARGIN_RIGHT
     bar_w = plot_w / count
     height = TOP + PANEL * len(panels) + 40
@@ -60,10 +60,16 @@ def render(panels: list[Series], *, limit_per_bin: float, bin_seconds: float, no
                     f'height="{o * scale:.1f}" fill="{GREEN}"/>'
                 )
             if r:
-                top = base - (o + r) * scale
+                shown = min(r, max(0.0, peak - o))
+                top = base - (o + shown) * scale
                 out.append(
                     f'<rect x="{x:.1f}" y="{top:.1f}" width="{bar_w * 0.9:.1f}" '
-                    f'height="{r * scale:.1f}" fill="{RED}"/>'
+                    f'height="{shown * scale:.1f}" fill="{RED}"/>'
+                )
+            if o + r > peak:
+                out.append(
+                    f'<text x="{x + bar_w * 0.45:.1f}" y="{base - peak * scale - 3:.1f}" '
+                    f'text-anchor="middle" font-size="10" fill="{RED}">{o + r}</text>'
                 )
         limit_y = base - limit_per_bin * scale
         out += [
