@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("crewai", reason="the demo runs real CrewAI: pip install crewthrottle[crewai]")
 
-from crewthrottle._demo import main  # noqa: E402
+from crewthrottle._demo import main
 
 pytestmark = [
     # CrewAI warns about its own deprecated fields while it runs (function_calling_llm...).

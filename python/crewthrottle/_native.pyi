@@ -125,8 +125,9 @@ class Limiter:
     ``max_concurrent`` permits out at once; never more than ``rpm`` requests nor ``tpm``
     tokens started in any window of ``window`` seconds (default 60), requests spread evenly
     with at most ``burst`` back to back (default: about one second's share of ``rpm``).
-    Each start stays counted for ``window + margin`` seconds (default margin ``window / 200``),
-    covering the jitter between a permit's grant and the provider counting the request.
+    Each start stays counted for ``window + margin`` seconds (default margin ``window / 200``,
+    at least 50 ms, at most ``window / 10``), covering the jitter between a permit's grant and
+    the provider counting the request.
     Waiters are served first come, first served, with the GIL released."""
 
     def __new__(
@@ -154,7 +155,7 @@ class Limiter:
     def burst(self) -> int | None: ...
     @property
     def margin(self) -> float:
-        """Extra seconds each start stays counted (default ``window / 200``)."""
+        """Extra seconds each start stays counted (default ``window / 200``, at least 0.05)."""
     def acquire(self, tokens: int = 0, *, timeout: float | None = None) -> Permit:
         """Wait for a permit for ``tokens`` tokens; ``AcquireTimeout`` after ``timeout`` s."""
     def try_acquire(self, tokens: int = 0) -> Permit | None:

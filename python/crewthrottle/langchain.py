@@ -23,8 +23,9 @@ Two ways in, with different powers:
 
 A limiter counts a request when it grants it, a provider when the request arrives: a few
 milliseconds later, and not equally later for all (the first requests open connections, threads
-wait for the GIL). The limiter's ``margin`` (``window / 200`` unless given) keeps each start
-counted that much longer; raise it if a provider still answers 429 at window edges.
+wait for the GIL). The limiter's ``margin`` (``window / 200``, at least 50 ms, unless given)
+keeps each start counted that much longer; raise it if a provider still answers 429 at window
+edges.
 
 Needs ``pip install "crewthrottle[langchain]"``; ``import crewthrottle`` never imports LangChain.
 """

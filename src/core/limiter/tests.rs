@@ -252,6 +252,11 @@ fn the_margin_keeps_each_start_counted_a_little_past_the_window() {
     let clock = Clock::manual();
     let config = LimiterConfig::new(None, Some(1), None, 60.0, None, None).unwrap();
     assert!((config.margin - 0.3).abs() < 1e-12, "default: window / 200");
+    assert!((default_margin(2.0) - 0.05).abs() < 1e-12, "at least 50 ms");
+    assert!(
+        (default_margin(0.1) - 0.01).abs() < 1e-12,
+        "at most a tenth of the window"
+    );
     let mut b = LimiterBudget::new(config);
     granted(b.try_take(&req(0), clock.now()));
     clock.advance(Duration::from_secs(60));
