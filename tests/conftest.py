@@ -2,6 +2,18 @@
 
 from __future__ import annotations
 
+import os
+
+# Before any test imports CrewAI: no telemetry, no tracing, no fetch of LiteLLM's price list
+# (this machine reaches no network but the package registries).
+for _name, _value in (
+    ("CREWAI_DISABLE_TELEMETRY", "true"),
+    ("CREWAI_TRACING_ENABLED", "false"),
+    ("OTEL_SDK_DISABLED", "true"),
+    ("LITELLM_LOCAL_MODEL_COST_MAP", "True"),
+):
+    os.environ.setdefault(_name, _value)
+
 import threading
 import time
 from collections.abc import Callable

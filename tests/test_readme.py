@@ -11,6 +11,17 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
 
 
+pytestmark = [
+    # CrewAI warns about its own deprecated fields while it runs (function_calling_llm...).
+    pytest.mark.filterwarnings("ignore::DeprecationWarning:crewai"),
+    pytest.mark.filterwarnings("ignore::DeprecationWarning:pydantic"),
+    # CrewAI never closes its SDK clients; their sockets are collected unclosed.
+    pytest.mark.filterwarnings("ignore::ResourceWarning"),
+    # CrewAI's own import-time ImportWarnings (crewai.rag's lazy submodules).
+    pytest.mark.filterwarnings("ignore::ImportWarning"),
+]
+
+
 def test_readme_has_examples() -> None:
     assert len(BLOCKS) >= 5
 

@@ -90,7 +90,9 @@ def quiet_crewai() -> None:
     """No telemetry (there is no network here) and no chatter from CrewAI."""
     os.environ.setdefault("CREWAI_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("CREWAI_DISABLE_TRACKING", "true")
+    os.environ.setdefault("CREWAI_TRACING_ENABLED", "false")
     os.environ.setdefault("OTEL_SDK_DISABLED", "true")
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     import logging
 
     # CrewAI reports each failed LLM call on the root logger; the table tells the story.
