@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
 
 # Before any test imports CrewAI: no telemetry, no tracing, no fetch of LiteLLM's price list
 # (this machine reaches no network but the package registries).
@@ -13,13 +19,6 @@ for _name, _value in (
     ("LITELLM_LOCAL_MODEL_COST_MAP", "True"),
 ):
     os.environ.setdefault(_name, _value)
-
-import threading
-import time
-from collections.abc import Callable
-from typing import Any
-
-import pytest
 
 #: How long a helper waits for something that should happen at once before calling it a hang.
 PATIENCE = 10.0
