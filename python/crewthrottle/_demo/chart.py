@@ -47,7 +47,7 @@ def render(panels: list[Series], *, limit_per_bin: float, bin_seconds: float, no
     ]
     for row, (series, (ok, rejected)) in enumerate(zip(panels, binned, strict=True)):
         base = TOP + PANEL * (row + 1) - 25
-        scale = (PANEL - 45) / peak
+        scale = (PANEL - 62) / peak
         out.append(
             f'<text x="{MARGIN_LEFT}" y="{base - (PANEL - 45) - 6}" font-weight="bold">'
             f"{escape(series.title)}</text>"
