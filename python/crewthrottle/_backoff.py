@@ -55,9 +55,18 @@ def _note(exc: BaseException, text: str) -> None:
 
 
 class Backoff:
-    """A retry policy, usable as a decorator (sync and async) or through :meth:`call`.
+    """A retry policy for rate-limit errors: a decorator for sync and async functions, or
+    ``.call(fn, *args)`` for one call. Times are seconds.
 
-    Build it with :func:`backoff`. Times are seconds.
+    Retries what ``retry_on`` accepts (default: :func:`is_rate_limit_error`, which refuses
+    ``insufficient_quota``) up to ``max_tries`` attempts in all, waiting ``base * factor**n``
+    seconds (at most ``max_delay``) with ``jitter`` ("full", "equal" or "none"), and at least
+    as long as the provider's ``Retry-After`` when ``respect_retry_after``. A provider's wait
+    longer than ``max_delay``, or past ``max_time``, gives up at once. With ``limiter``, the
+    provider's wait pauses every caller sharing it; with ``budget`` (a :class:`RetryBudget`),
+    retries are capped at a share of calls. When it gives up, the original exception
+    propagates with a note. ``on_retry(attempt, delay, exc)`` is called before each sleep;
+    ``seed`` makes the jitter repeatable.
     """
 
     def __init__(
@@ -211,47 +220,8 @@ class Backoff:
         )
 
 
-def backoff(
-    *,
-    retry_on: RetryOn = is_rate_limit_error,
-    max_tries: int = 4,
-    base: float = 0.5,
-    factor: float = 2.0,
-    max_delay: float = 30.0,
-    max_time: float | None = None,
-    jitter: str = "full",
-    respect_retry_after: bool = True,
-    limiter: Limiter | None = None,
-    budget: RetryBudget | None = None,
-    on_retry: OnRetry | None = None,
-    seed: int | None = None,
-) -> Backoff:
-    """A retry policy for rate-limit errors, as a decorator for sync and async functions.
-
-    Retries what ``retry_on`` accepts (default: :func:`is_rate_limit_error`, which refuses
-    ``insufficient_quota``) up to ``max_tries`` attempts in all, waiting ``base * factor**n``
-    seconds (at most ``max_delay``) with ``jitter`` ("full", "equal" or "none"), and at least
-    as long as the provider's ``Retry-After`` when ``respect_retry_after``. A provider's wait
-    longer than ``max_delay``, or past ``max_time``, gives up at once. With ``limiter``, the
-    provider's wait pauses every caller sharing it; with ``budget`` (a :class:`RetryBudget`),
-    retries are capped at a share of calls. When it gives up, the original exception
-    propagates with a note. ``on_retry(attempt, delay, exc)`` is called before each sleep;
-    ``seed`` makes the jitter repeatable.
-    """
-    return Backoff(
-        retry_on=retry_on,
-        max_tries=max_tries,
-        base=base,
-        factor=factor,
-        max_delay=max_delay,
-        max_time=max_time,
-        jitter=jitter,
-        respect_retry_after=respect_retry_after,
-        limiter=limiter,
-        budget=budget,
-        on_retry=on_retry,
-        seed=seed,
-    )
+#: ``backoff(...)`` builds a :class:`Backoff`: the name users call, as ``stamina.retry``.
+backoff = Backoff
 
 
 def _token_counter(tokens: Tokens) -> Callable[..., int]:
