@@ -199,3 +199,13 @@ def test_repr_shows_configuration_and_state() -> None:
         "burst=10 margin=0.3: in_flight=1 waiting=0>"
     )
     assert limiter.burst == 10, "default burst: about one second's share of rpm"
+
+
+def test_settle_refuses_absurd_usage_instead_of_wedging_the_window() -> None:
+    limiter = ct.Limiter(tpm=100, window=60)
+    permit = limiter.acquire(10)
+    with pytest.raises(ValueError, match="actual_tokens"):
+        permit.settle(2**64 - 1)
+    with pytest.raises(ValueError, match="actual_tokens"):
+        permit.settle(-1)
+    assert limiter.stats()["tokens_in_window"] == 10

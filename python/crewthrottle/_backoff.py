@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import inspect
 import logging
 import time
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
+from crewthrottle._callables import is_async, refuse_awaitable
 from crewthrottle._native import Limiter, RetryBudget, _Schedule
 from crewthrottle._rate_limit_errors import is_rate_limit_error, retry_after
 
@@ -131,7 +131,7 @@ class Backoff:
         """Decorate a sync or async function with this policy."""
         if not callable(function):
             raise TypeError(f"backoff decorates a callable, got {type(function).__name__}")
-        if inspect.iscoroutinefunction(function):
+        if is_async(function):
 
             @functools.wraps(function)
             async def retried_async(*args: Any, **kwargs: Any) -> Any:
@@ -148,7 +148,7 @@ class Backoff:
     def call(self, function: Callable[..., R], /, *args: Any, **kwargs: Any) -> R:
         """Call ``function(*args, **kwargs)`` with retries; for an async function, returns
         the coroutine to await."""
-        if inspect.iscoroutinefunction(function):
+        if is_async(function):
             return self._call_async(function, args, kwargs)  # type: ignore[return-value]
         return self._call_sync(function, args, kwargs)
 
@@ -159,11 +159,14 @@ class Backoff:
         while True:
             tries += 1
             try:
-                return function(*args, **kwargs)
+                result = function(*args, **kwargs)
             except Exception as exc:
                 delay = self._next_delay(exc, tries, started)
                 if delay is None:
                     raise
+            else:
+                refuse_awaitable(result, function)
+                return result
             time.sleep(delay)  # releases the GIL; Ctrl-C interrupts it
 
     async def _call_async(self, function: Callable[..., Any], args: Any, kwargs: Any) -> Any:
@@ -254,7 +257,7 @@ def throttle(
     count = _token_counter(tokens)
 
     def decorate(function: Callable[P, R]) -> Callable[P, R]:
-        if inspect.iscoroutinefunction(function):
+        if is_async(function):
 
             @functools.wraps(function)
             async def attempt_async(*args: Any, **kwargs: Any) -> Any:
@@ -267,7 +270,9 @@ def throttle(
             @functools.wraps(function)
             def attempt_sync(*args: P.args, **kwargs: P.kwargs) -> R:
                 with limiter.acquire(count(*args, **kwargs)):
-                    return function(*args, **kwargs)
+                    result = function(*args, **kwargs)
+                refuse_awaitable(result, function)
+                return result
 
             attempt = attempt_sync
         return attempt if policy is None else policy(attempt)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import functools
-import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar
+
+from crewthrottle._callables import is_async, refuse_awaitable
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -14,7 +15,7 @@ def limit(limiter: Any, function: F) -> F:
     """Wrap ``function`` so each call holds a permit of ``limiter`` while it runs."""
     if not callable(function):
         raise TypeError(f"a Limiter decorates a callable, got {type(function).__name__}")
-    if inspect.iscoroutinefunction(function):
+    if is_async(function):
 
         @functools.wraps(function)
         async def limited_async(*args: Any, **kwargs: Any) -> Any:
@@ -26,6 +27,8 @@ def limit(limiter: Any, function: F) -> F:
     @functools.wraps(function)
     def limited(*args: Any, **kwargs: Any) -> Any:
         with limiter.acquire():
-            return function(*args, **kwargs)
+            result = function(*args, **kwargs)
+        refuse_awaitable(result, function)
+        return result
 
     return limited  # type: ignore[return-value]

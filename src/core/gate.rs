@@ -5,17 +5,16 @@
 //! *granted*, or *queued* with a ticket that the caller polls when its [`Waker`] fires or its
 //! retry instant passes. Grants are handed to waiters strictly first come, first served (a
 //! large request at the head is not overtaken by small ones, as in tokio's `Semaphore`), and
-//! only the head of the queue ever needs a timer, so a thousand idle waiters cost nothing.
+//! only the head of the queue needs a timer — plus the next waiter, a backstop a little later
+//! in case the head's event loop is busy — so a thousand idle waiters cost nothing.
 //! Wakers are always called after the lock is dropped: they may call into Python.
 
 use std::collections::{BTreeMap, HashMap};
 use std::task::Waker;
 
-use parking_lot::Mutex;
-
 use super::clock::{Clock, Nanos};
 use super::error::InvalidArgument;
-use super::fork::AfterFork;
+use super::fork::{AfterFork, ForkableMutex};
 
 /// What a resource says about a request at an instant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,7 +118,7 @@ struct State<R: Resource> {
 
 /// A FIFO queue of waiters in front of a resource. Thread-safe; all methods take `&self`.
 pub struct Gate<R: Resource> {
-    state: Mutex<State<R>>,
+    state: ForkableMutex<State<R>>,
     clock: Clock,
 }
 
@@ -134,7 +133,7 @@ impl<R: Resource> Gate<R> {
             counters: GateCounters::default(),
         };
         Gate {
-            state: Mutex::new(state),
+            state: ForkableMutex::new(state),
             clock,
         }
     }
@@ -213,10 +212,14 @@ impl<R: Resource> Gate<R> {
             if let Some(grant) = st.handed.remove(&ticket.0) {
                 Polled::Ready(grant)
             } else {
-                let is_head = st.queue.keys().next() == Some(&ticket.0);
+                let place = st.queue.keys().take(2).position(|id| *id == ticket.0);
                 match st.queue.get_mut(&ticket.0) {
                     Some(waiter) => {
-                        waiter.armed = if is_head { head_retry } else { None };
+                        waiter.armed = match place {
+                            Some(0) => head_retry,
+                            Some(1) => head_retry.map(backstop),
+                            _ => None,
+                        };
                         if !waiter.waker.as_ref().is_some_and(|w| w.will_wake(waker)) {
                             waiter.waker = Some(waker.clone());
                         }
@@ -285,23 +288,19 @@ impl<R: Resource> Gate<R> {
 
 impl<R: Resource> AfterFork for Gate<R> {
     unsafe fn reset_in_child(&self) {
-        let intact = !self.state.is_locked();
-        // SAFETY: the child has one thread, so nobody else can touch the state; the lock
-        // word may still say "held" by a thread that does not exist here.
-        let st = unsafe { &mut *self.state.data_ptr() };
-        if intact {
-            st.queue.clear();
-            st.handed.clear();
-        } else {
-            // Possibly half-written by the vanished holder: leak rather than drop.
-            std::mem::forget(std::mem::take(&mut st.queue));
-            std::mem::forget(std::mem::take(&mut st.handed));
-        }
-        st.resource.after_fork_in_child(intact);
-        if !intact {
-            // SAFETY: the holder does not exist in this process.
-            unsafe { self.state.force_unlock() };
-        }
+        let reset = |st: &mut State<R>, intact: bool| {
+            if intact {
+                st.queue.clear();
+                st.handed.clear();
+            } else {
+                // Possibly half-written by the vanished holder: leak rather than drop.
+                std::mem::forget(std::mem::take(&mut st.queue));
+                std::mem::forget(std::mem::take(&mut st.handed));
+            }
+            st.resource.after_fork_in_child(intact);
+        };
+        // SAFETY: the caller guarantees a single-threaded child; no gate call is under way.
+        unsafe { self.state.reset_in_child(reset) };
     }
 }
 
@@ -315,7 +314,7 @@ fn dispatch<R: Resource>(st: &mut State<R>, now: Nanos, wake: &mut Vec<Waker>) -
         counters,
         ..
     } = st;
-    while let Some(mut head) = queue.first_entry() {
+    while let Some(head) = queue.first_entry() {
         match resource.try_take(&head.get().request, now) {
             Check::Granted(grant) => {
                 let (id, waiter) = head.remove_entry();
@@ -327,10 +326,13 @@ fn dispatch<R: Resource>(st: &mut State<R>, now: Nanos, wake: &mut Vec<Waker>) -
                 wake.extend(waiter.waker);
             }
             Check::RetryAt(at) => {
-                // Wake the head only if it would otherwise sleep past `at`.
-                let waiter = head.get_mut();
-                if waiter.armed.is_none_or(|armed| at < armed) {
-                    wake.extend(waiter.waker.take());
+                // Wake a waiter only if it would otherwise sleep past its instant: the head
+                // at `at`, the next one at the backstop (in case the head's thread or event
+                // loop is not running when `at` comes).
+                for (waiter, due) in queue.values_mut().zip([at, backstop(at)]) {
+                    if waiter.armed.is_none_or(|armed| due < armed) {
+                        wake.extend(waiter.waker.take());
+                    }
                 }
                 return Some(at);
             }
@@ -338,6 +340,14 @@ fn dispatch<R: Resource>(st: &mut State<R>, now: Nanos, wake: &mut Vec<Waker>) -
         }
     }
     None
+}
+
+/// How long after the head's instant the next waiter checks on it: only the head keeps a
+/// timer, and an event loop that is busy (or stopped) must not hold up everyone behind it.
+const BACKSTOP_NS: u64 = 20_000_000;
+
+fn backstop(at: Nanos) -> Nanos {
+    Nanos::new(at.as_u64().saturating_add(BACKSTOP_NS))
 }
 
 fn wake_all(wakers: Vec<Waker>) {

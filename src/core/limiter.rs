@@ -74,6 +74,9 @@ impl LimiterConfig {
             ("rpm", rpm),
             ("tpm", tpm),
         ] {
+            if value.is_some_and(|v| v > MAX_COUNT) {
+                return Err(InvalidArgument::new(name, "must be at most 2**53"));
+            }
             if value == Some(0) {
                 return Err(InvalidArgument::new(
                     name,
@@ -144,6 +147,9 @@ pub fn default_margin(window: f64) -> f64 {
     (window / 200.0).max(0.05).min(window / 10.0)
 }
 
+/// The largest count a limit may have: sums of counts then never come near overflow.
+pub const MAX_COUNT: u64 = 1 << 53;
+
 /// What a caller asks a limiter for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct LimiterRequest {
@@ -159,7 +165,9 @@ pub struct LimiterRequest {
 pub struct LimiterGrant {
     generation: u64,
     request: Option<Receipt>,
-    tokens: Option<Receipt>,
+    /// The tokens window's entry holding this grant's tokens, and how many of them it holds
+    /// (an entry may also hold other grants' tokens: a refund never takes more than ours).
+    tokens: Option<(Receipt, u64)>,
     /// Tokens currently charged for this grant (reserved, then corrected by `settle`).
     pub charged: u64,
 }
@@ -263,14 +271,8 @@ impl LimiterBudget {
         if grant.generation != self.generation {
             return;
         }
-        if let Some(tokens) = &mut self.tokens {
-            if actual < grant.charged {
-                if let Some(receipt) = grant.tokens {
-                    tokens.refund(receipt, grant.charged - actual);
-                }
-            } else if actual > grant.charged {
-                grant.tokens = Some(tokens.record(actual - grant.charged, now));
-            }
+        if let Some(window) = &mut self.tokens {
+            grant.tokens = settle_entry(window, grant.tokens, grant.charged, actual, now);
         }
         self.tokens_granted = self
             .tokens_granted
@@ -328,6 +330,31 @@ impl LimiterBudget {
     }
 }
 
+/// Moves a grant's tokens in `window` from `charged` to `actual`; returns where they now are.
+///
+/// Usage above the reservation is charged to the grant's own entry (the provider counted the
+/// request when it started), or, once that entry has left the window, as a new entry now.
+/// A refund takes back only tokens this grant put in its entry.
+fn settle_entry(
+    window: &mut SlidingWindow,
+    entry: Option<(Receipt, u64)>,
+    charged: u64,
+    actual: u64,
+    now: Nanos,
+) -> Option<(Receipt, u64)> {
+    if actual <= charged {
+        let (receipt, ours) = entry?;
+        let refund = (charged - actual).min(ours);
+        window.refund(receipt, refund);
+        return Some((receipt, ours - refund));
+    }
+    let extra = actual - charged;
+    match entry {
+        Some((receipt, ours)) if window.add(receipt, extra, now) => Some((receipt, ours + extra)),
+        _ => Some((window.record(extra, now), extra)),
+    }
+}
+
 impl Resource for LimiterBudget {
     type Request = LimiterRequest;
     type Grant = LimiterGrant;
@@ -364,7 +391,7 @@ impl Resource for LimiterBudget {
         self.tokens_granted = self.tokens_granted.saturating_add(*tokens);
         let request = self.requests.as_mut().map(|w| w.record(1, now));
         let token_receipt = match (&mut self.tokens, *tokens) {
-            (Some(window), t) if t > 0 => Some(window.record(t, now)),
+            (Some(window), t) if t > 0 => Some((window.record(t, now), t)),
             _ => None,
         };
         Check::Granted(LimiterGrant {
@@ -386,8 +413,8 @@ impl Resource for LimiterBudget {
         if let (Some(window), Some(receipt)) = (&mut self.requests, grant.request) {
             window.refund(receipt, 1);
         }
-        if let (Some(window), Some(receipt)) = (&mut self.tokens, grant.tokens) {
-            window.refund(receipt, grant.charged);
+        if let (Some(window), Some((receipt, ours))) = (&mut self.tokens, grant.tokens) {
+            window.refund(receipt, ours);
         }
     }
 

@@ -23,10 +23,8 @@
 use std::fmt;
 use std::time::Duration;
 
-use parking_lot::Mutex;
-
 use super::clock::{nanos_of, Clock};
-use super::fork::AfterFork;
+use super::fork::{AfterFork, ForkableMutex};
 
 /// The number of slices the window is cut into.
 pub const SLICES: usize = 10;
@@ -133,7 +131,7 @@ pub struct RetryBudget {
     reserve: u64,
     slice_nanos: u64,
     clock: Clock,
-    state: Mutex<State>,
+    state: ForkableMutex<State>,
 }
 
 impl RetryBudget {
@@ -166,7 +164,7 @@ impl RetryBudget {
             reserve: units(min_retries_per_s * window.as_secs_f64()),
             slice_nanos: (nanos_of(window) / SLICES as u64).max(1),
             clock,
-            state: Mutex::new(State::default()),
+            state: ForkableMutex::new(State::default()),
         })
     }
 
@@ -245,12 +243,10 @@ fn units(retries: f64) -> u64 {
 
 impl AfterFork for RetryBudget {
     unsafe fn reset_in_child(&self) {
-        // The counts are plain words, never half-written in a way that matters; only a lock
-        // held by a vanished parent thread needs undoing.
-        if self.state.is_locked() {
-            // SAFETY: the caller guarantees we are the single thread of a fresh child.
-            unsafe { self.state.force_unlock() };
-        }
+        // The counts are plain words, never half-written in a way that matters: keep them;
+        // only the lock word needs renewing.
+        // SAFETY: the caller guarantees a single-threaded child.
+        unsafe { self.state.reset_in_child(|_, _| {}) };
     }
 }
 

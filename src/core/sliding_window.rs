@@ -120,6 +120,18 @@ impl SlidingWindow {
         self.used -= refund;
     }
 
+    /// Adds `amount` units to the entry of `receipt`, if it is still in the window.
+    pub fn add(&mut self, receipt: Receipt, amount: u64, now: Nanos) -> bool {
+        self.expire(now);
+        let Ok(index) = self.entries.binary_search_by_key(&receipt.seq, |e| e.seq) else {
+            return false;
+        };
+        let entry = &mut self.entries[index];
+        entry.amount = entry.amount.saturating_add(amount);
+        self.used = self.used.saturating_add(amount);
+        true
+    }
+
     /// Forgets everything (a fresh budget with the same limits).
     pub fn clear(&mut self) {
         self.entries.clear();

@@ -5,12 +5,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
 use super::args;
 use super::wait;
 use crate::core::gate::Gate;
 use crate::core::limiter::{LimiterBudget, LimiterGrant};
+
+/// The most tokens a settle accepts: far beyond any real request, far from overflow.
+const MAX_TOKENS: u64 = 1 << 53;
 
 /// A granted request: holds one concurrency slot and its reserved tokens until released.
 #[pyclass(module = "crewthrottle", name = "Permit", frozen)]
@@ -49,11 +53,15 @@ impl Permit {
     /// is known: refunds the difference, or charges the excess.
     fn settle(&self, actual_tokens: &Bound<'_, PyAny>) -> PyResult<()> {
         let actual = args::count(actual_tokens, "actual_tokens", 0)?;
-        // Settle on a copy so no permit lock is held while the gate wakes waiters.
-        let mut grant = *self.grant.lock();
+        if actual > MAX_TOKENS {
+            return Err(PyValueError::new_err(format!(
+                "actual_tokens is {actual}, more than any request uses (at most 2**53)"
+            )));
+        }
+        // Under the gate's lock, so concurrent settles of one permit are serialised; the gate
+        // wakes waiters only after both locks are dropped (lock order: gate, then permit).
         self.gate
-            .with_resource(|budget, now| budget.settle(&mut grant, actual, now));
-        *self.grant.lock() = grant;
+            .with_resource(|budget, now| budget.settle(&mut self.grant.lock(), actual, now));
         Ok(())
     }
 

@@ -53,6 +53,12 @@ pub fn block_on<R: Resource>(
         Acquired::Now(grant) => return Ok(Some(grant)),
         Acquired::Queued(ticket) => ticket,
     };
+    // From here every way out — a grant, a timeout, an error from Python — settles the ticket.
+    let queued = Queued {
+        gate,
+        ticket,
+        settled: false,
+    };
     // A timeout too long to represent waits forever, as `None` does.
     let deadline =
         timeout.and_then(|t| Instant::now().checked_add(Duration::try_from_secs_f64(t).ok()?));
@@ -64,18 +70,46 @@ pub fn block_on<R: Resource>(
     let waker = Waker::from(Arc::new(ThreadWaker(thread::current())));
     loop {
         match py.detach(|| park_until_step(gate, ticket, &waker, deadline, slice)) {
-            Step::Granted(grant) => return Ok(Some(grant)),
+            Step::Granted(grant) => {
+                queued.settle();
+                return Ok(Some(grant));
+            }
             Step::TimedOut => {
-                gate.abandon(ticket, Abandon::Timeout);
+                queued.abandon(Abandon::Timeout);
                 return Ok(None);
             }
-            Step::CheckSignals => {
-                if let Err(err) = py.check_signals() {
-                    gate.abandon(ticket, Abandon::Cancelled);
-                    return Err(err);
-                }
+            Step::CheckSignals => py.check_signals()?, // dropping `queued` abandons the ticket
+            Step::Lost => {
+                queued.settle();
+                return Err(lost_ticket());
             }
-            Step::Lost => return Err(lost_ticket()),
+        }
+    }
+}
+
+/// A queued ticket that is abandoned (as cancelled) unless settled: no early return can
+/// leave it in the queue to receive a grant nobody will take.
+struct Queued<'a, R: Resource> {
+    gate: &'a Gate<R>,
+    ticket: Ticket,
+    settled: bool,
+}
+
+impl<R: Resource> Queued<'_, R> {
+    fn settle(mut self) {
+        self.settled = true;
+    }
+
+    fn abandon(mut self, why: Abandon) {
+        self.settled = true;
+        self.gate.abandon(self.ticket, why);
+    }
+}
+
+impl<R: Resource> Drop for Queued<'_, R> {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.gate.abandon(self.ticket, Abandon::Cancelled);
         }
     }
 }

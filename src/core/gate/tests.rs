@@ -110,7 +110,7 @@ fn abandoning_the_head_serves_the_next_waiter() {
 }
 
 #[test]
-fn only_the_head_gets_a_retry_instant_and_a_large_request_is_not_starved() {
+fn only_the_head_and_its_backstop_get_a_retry_instant_and_a_large_request_is_not_starved() {
     let clock = Clock::manual();
     let bucket = TokenBucketBudget::new(
         BucketConfig::new(10.0, 1.0, Some(10)).unwrap(),
@@ -125,10 +125,17 @@ fn only_the_head_gets_a_retry_instant_and_a_large_request_is_not_starved() {
         gate.poll(big, &waker),
         Polled::Pending(Some(Nanos::new(1_000_000_000)))
     );
-    assert_eq!(gate.poll(small, &waker), Polled::Pending(None));
+    let backstop = Polled::Pending(Some(Nanos::new(1_020_000_000)));
+    assert_eq!(gate.poll(small, &waker), backstop);
+    let third = queued(gate.acquire(1).unwrap());
+    assert_eq!(
+        gate.poll(third, &waker),
+        Polled::Pending(None),
+        "no timer for the rest"
+    );
     // Half-way, one token would fit, but the small request waits behind the big one.
     clock.advance(Duration::from_millis(500));
-    assert_eq!(gate.poll(small, &waker), Polled::Pending(None));
+    assert_eq!(gate.poll(small, &waker), backstop);
     clock.advance(Duration::from_millis(500));
     assert_eq!(gate.poll(big, &waker), Polled::Ready(()));
     assert_eq!(
@@ -176,4 +183,70 @@ fn a_child_recovers_a_lock_held_by_a_vanished_thread() {
     // SAFETY: as above.
     unsafe { AfterFork::reset_in_child(&gate) };
     assert_eq!(gate.try_acquire(()).unwrap(), Some(()));
+}
+
+#[test]
+fn a_head_that_never_polls_does_not_hold_up_the_next_waiter() {
+    // The head's event loop is busy when its instant comes: the next waiter's backstop
+    // serves the queue (the head's grant waits for it, handed).
+    let clock = Clock::manual();
+    let bucket = TokenBucketBudget::new(
+        BucketConfig::new(10.0, 1.0, Some(1)).unwrap(),
+        clock.clone(),
+    );
+    let gate = Gate::new(bucket, clock.clone());
+    assert!(matches!(gate.acquire(1).unwrap(), Acquired::Now(())));
+    let stuck = queued(gate.acquire(1).unwrap());
+    let next = queued(gate.acquire(1).unwrap());
+    let (_, waker) = counting_waker();
+    assert_eq!(
+        gate.poll(stuck, &waker),
+        Polled::Pending(Some(Nanos::new(100_000_000)))
+    );
+    let Polled::Pending(Some(backstop)) = gate.poll(next, &waker) else {
+        panic!("no backstop")
+    };
+    clock.advance(Duration::from_nanos(backstop.as_u64()));
+    // The stuck head was served at the backstop (120 ms); governor paces from there.
+    assert_eq!(
+        gate.poll(next, &waker),
+        Polled::Pending(Some(Nanos::new(220_000_000)))
+    );
+    clock.advance(Duration::from_millis(100));
+    assert_eq!(gate.poll(next, &waker), Polled::Ready(()));
+    assert_eq!(
+        gate.poll(stuck, &waker),
+        Polled::Ready(()),
+        "the head's grant was kept for it"
+    );
+}
+
+#[test]
+fn serving_the_head_wakes_the_new_second_to_arm_its_backstop() {
+    let clock = Clock::manual();
+    let bucket = TokenBucketBudget::new(
+        BucketConfig::new(10.0, 1.0, Some(1)).unwrap(),
+        clock.clone(),
+    );
+    let gate = Gate::new(bucket, clock.clone());
+    assert!(matches!(gate.acquire(1).unwrap(), Acquired::Now(())));
+    let tickets: Vec<_> = (0..3).map(|_| queued(gate.acquire(1).unwrap())).collect();
+    let counters: Vec<_> = tickets
+        .iter()
+        .map(|&t| {
+            let (counter, waker) = counting_waker();
+            gate.poll(t, &waker);
+            counter
+        })
+        .collect();
+    clock.advance(Duration::from_millis(100));
+    let (_, waker) = counting_waker();
+    assert_eq!(gate.poll(tickets[0], &waker), Polled::Ready(()));
+    let woken: Vec<_> = counters
+        .iter()
+        .map(|c| c.0.load(Ordering::SeqCst))
+        .collect();
+    // The served waiter's old waker; not the new head, whose backstop (120 ms) comes before
+    // its instant (200 ms); the new second, to arm its backstop. Nobody else.
+    assert_eq!(woken, vec![1, 0, 1]);
 }

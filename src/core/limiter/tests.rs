@@ -275,3 +275,34 @@ fn the_margin_keeps_each_start_counted_a_little_past_the_window() {
     assert_eq!(bad(61.0), "margin");
     assert_eq!(bad(f64::NAN), "margin");
 }
+
+#[test]
+fn settling_up_then_down_only_moves_the_grants_own_tokens() {
+    let (mut b, clock) = limiter(None, None, Some(100), 1.0, None);
+    let mut a = granted(b.try_take(&req(10), clock.now()));
+    clock.advance(Duration::from_millis(300));
+    let _b = granted(b.try_take(&req(40), clock.now()));
+    // A used more than it reserved: counted at its own start, not now...
+    b.settle(&mut a, 60, clock.now());
+    assert_eq!(b.figures(clock.now()).tokens_in_window, Some(100));
+    // ...and settling down again refunds A's tokens only, never B's.
+    b.settle(&mut a, 0, clock.now());
+    assert_eq!(b.figures(clock.now()).tokens_in_window, Some(40));
+    b.settle(&mut a, 0, clock.now());
+    assert_eq!(b.figures(clock.now()).tokens_in_window, Some(40));
+    clock.advance(Duration::from_millis(1000));
+    assert_eq!(
+        b.figures(clock.now()).tokens_in_window,
+        Some(0),
+        "B's entry left at 1.3 s"
+    );
+}
+
+#[test]
+fn excess_after_the_entry_left_the_window_is_charged_now() {
+    let (mut b, clock) = limiter(None, None, Some(100), 1.0, None);
+    let mut a = granted(b.try_take(&req(10), clock.now()));
+    clock.advance(Duration::from_millis(1500));
+    b.settle(&mut a, 30, clock.now());
+    assert_eq!(b.figures(clock.now()).tokens_in_window, Some(20));
+}
