@@ -68,7 +68,7 @@ def run_rate(settings: Settings) -> Table:
             "can grant in the run (one at t0, then one every 1/50 s); above 1 means bursts.",
             f"max in any 1 s: most grants in any window [t, t+1 s) (the limit is {RATE}); "
             f"min gap: closest two grants (1/{RATE} s = {1e3 / RATE:g} ms at burst 1).",
-            "Our Limiter runs twice: with its default margin (each start counted window/200 "
+            "Our Limiter runs twice: with its default margin (each start counted 50 ms "
             "longer, for grant-to-arrival jitter) and with margin=0, to show what that costs.",
         ]
         for c in rate_contenders(RATE, variants=True):
