@@ -8,6 +8,7 @@ this layer only catches, asks the schedule, sleeps and counts.
 from __future__ import annotations
 
 import asyncio
+import copy
 import functools
 import logging
 import time
@@ -104,19 +105,6 @@ class Backoff:
             jitter=jitter,
             seed=seed,
         )
-        self._options: dict[str, Any] = dict(
-            retry_on=retry_on,
-            max_tries=max_tries,
-            base=base,
-            factor=factor,
-            max_delay=max_delay,
-            max_time=max_time,
-            jitter=jitter,
-            respect_retry_after=respect_retry_after,
-            budget=budget,
-            on_retry=on_retry,
-            seed=seed,
-        )
         self._retryable = _predicate(retry_on)
         self.respect_retry_after = respect_retry_after
         self.limiter = limiter
@@ -125,7 +113,11 @@ class Backoff:
 
     def with_limiter(self, limiter: Limiter) -> Backoff:
         """The same policy, pausing ``limiter`` when a provider names a wait."""
-        return Backoff(limiter=limiter, **self._options)
+        if not isinstance(limiter, Limiter):
+            raise TypeError(f"limiter must be a crewthrottle.Limiter, got {type(limiter).__name__}")
+        policy = copy.copy(self)  # shares the schedule (and its random source): thread-safe
+        policy.limiter = limiter
+        return policy
 
     def __call__(self, function: Callable[P, R]) -> Callable[P, R]:
         """Decorate a sync or async function with this policy."""
