@@ -170,6 +170,8 @@ pub struct LimiterGrant {
     tokens: Option<(Receipt, u64)>,
     /// Tokens currently charged for this grant (reserved, then corrected by `settle`).
     pub charged: u64,
+    /// Counted in `anonymous` (taken by `with limiter:`).
+    anonymous: bool,
 }
 
 /// What a retry decorator did after a failed attempt, counted in the limiter's stats.
@@ -387,7 +389,8 @@ impl Resource for LimiterBudget {
             pacer.record(now);
         }
         self.in_flight += 1;
-        self.anonymous += u64::from(request.anonymous);
+        let anonymous_grant = request.anonymous;
+        self.anonymous += u64::from(anonymous_grant);
         self.tokens_granted = self.tokens_granted.saturating_add(*tokens);
         let request = self.requests.as_mut().map(|w| w.record(1, now));
         let token_receipt = match (&mut self.tokens, *tokens) {
@@ -399,6 +402,7 @@ impl Resource for LimiterBudget {
             request,
             tokens: token_receipt,
             charged: *tokens,
+            anonymous: anonymous_grant,
         })
     }
 
@@ -409,6 +413,7 @@ impl Resource for LimiterBudget {
             return;
         }
         self.in_flight = self.in_flight.saturating_sub(1);
+        self.anonymous -= u64::from(grant.anonymous && self.anonymous > 0);
         self.tokens_granted = self.tokens_granted.saturating_sub(grant.charged);
         if let (Some(window), Some(receipt)) = (&mut self.requests, grant.request) {
             window.refund(receipt, 1);

@@ -306,3 +306,16 @@ fn excess_after_the_entry_left_the_window_is_charged_now() {
     b.settle(&mut a, 30, clock.now());
     assert_eq!(b.figures(clock.now()).tokens_in_window, Some(20));
 }
+
+#[test]
+fn an_abandoned_anonymous_grant_leaves_no_anonymous_count_behind() {
+    let (mut b, clock) = limiter(Some(2), None, None, 60.0, None);
+    let anonymous = LimiterRequest {
+        tokens: 0,
+        anonymous: true,
+    };
+    let grant = granted(b.try_take(&anonymous, clock.now()));
+    b.give_back(grant, clock.now());
+    assert!(!b.release_anonymous(), "nothing anonymous is held");
+    assert_eq!(b.figures(clock.now()).in_flight, 0);
+}
