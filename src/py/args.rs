@@ -72,3 +72,13 @@ pub fn timeout(obj: Option<&Bound<'_, PyAny>>) -> PyResult<Option<f64>> {
     }
     Ok(Some(check_seconds("timeout", secs, false)?))
 }
+
+/// `acquire(blocking=False, timeout=...)` is refused, with `threading`'s message.
+pub fn no_timeout_when_nonblocking(timeout: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+    if timeout.is_some_and(|t| !t.is_none()) {
+        return Err(PyValueError::new_err(
+            "can't specify timeout for non-blocking acquire",
+        ));
+    }
+    Ok(())
+}

@@ -10,7 +10,7 @@ use pyo3::types::{PyDict, PyInt, PyType};
 use super::args;
 use super::fork::new_gate;
 use super::stats::gate_stats;
-use super::wait::{self, AsyncOutcome};
+use super::wait::{self, Flag};
 use crate::core::clock::Clock;
 use crate::core::gate::Gate;
 use crate::core::semaphore::SemaphoreCount;
@@ -19,18 +19,6 @@ use crate::core::semaphore::SemaphoreCount;
 #[pyclass(module = "crewthrottle", name = "Semaphore", frozen, subclass)]
 pub struct Semaphore {
     gate: Arc<Gate<SemaphoreCount>>,
-}
-
-struct Flag;
-
-impl AsyncOutcome<SemaphoreCount> for Flag {
-    fn granted(&self, py: Python<'_>, _grant: ()) -> PyResult<Py<PyAny>> {
-        Ok(true.into_pyobject(py)?.to_owned().into_any().unbind())
-    }
-
-    fn timed_out(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        Ok(false.into_pyobject(py)?.to_owned().into_any().unbind())
-    }
 }
 
 impl Semaphore {
@@ -75,11 +63,7 @@ impl Semaphore {
         // Any truthy value blocks, as in threading.
         let blocking = blocking.map_or(Ok(true), |b| b.is_truthy())?;
         if !blocking {
-            if timeout.is_some_and(|t| !t.is_none()) {
-                return Err(PyValueError::new_err(
-                    "can't specify timeout for non-blocking acquire",
-                ));
-            }
+            args::no_timeout_when_nonblocking(timeout)?;
             return Ok(self.gate.try_acquire(())?.is_some());
         }
         let timeout = args::timeout(timeout)?;

@@ -10,7 +10,7 @@ use super::args;
 use super::fork::new_gate;
 use super::semaphore::qualified_name;
 use super::stats::gate_stats;
-use super::wait::{self, AsyncOutcome};
+use super::wait::{self, Flag};
 use crate::core::clock::Clock;
 use crate::core::gate::Gate;
 use crate::core::token_bucket::{BucketConfig, TokenBucketBudget};
@@ -20,18 +20,6 @@ use crate::core::token_bucket::{BucketConfig, TokenBucketBudget};
 pub struct TokenBucket {
     gate: Arc<Gate<TokenBucketBudget>>,
     config: BucketConfig,
-}
-
-struct Flag;
-
-impl AsyncOutcome<TokenBucketBudget> for Flag {
-    fn granted(&self, py: Python<'_>, _grant: ()) -> PyResult<Py<PyAny>> {
-        Ok(true.into_pyobject(py)?.to_owned().into_any().unbind())
-    }
-
-    fn timed_out(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        Ok(false.into_pyobject(py)?.to_owned().into_any().unbind())
-    }
 }
 
 fn tokens(n: &Bound<'_, PyAny>) -> PyResult<u32> {
@@ -77,11 +65,7 @@ impl TokenBucket {
         let blocking = blocking.map_or(Ok(true), |b| b.is_truthy())?;
         let n = n.map(tokens).transpose()?.unwrap_or(1);
         if !blocking {
-            if timeout.is_some_and(|t| !t.is_none()) {
-                return Err(PyValueError::new_err(
-                    "can't specify timeout for non-blocking acquire",
-                ));
-            }
+            args::no_timeout_when_nonblocking(timeout)?;
             return Ok(self.gate.try_acquire(n)?.is_some());
         }
         let timeout = args::timeout(timeout)?;

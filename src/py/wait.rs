@@ -203,6 +203,20 @@ pub trait AsyncOutcome<R: Resource>: Send + Sync + 'static {
     fn timed_out(&self, py: Python<'_>) -> PyResult<Py<PyAny>>;
 }
 
+/// The outcome of a permit that is only a yes or no: `True` when granted, `False` on timeout
+/// (as `threading`'s `acquire` answers).
+pub struct Flag;
+
+impl<R: Resource<Grant = ()>> AsyncOutcome<R> for Flag {
+    fn granted(&self, py: Python<'_>, _grant: ()) -> PyResult<Py<PyAny>> {
+        Ok(true.into_pyobject(py)?.to_owned().into_any().unbind())
+    }
+
+    fn timed_out(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        Ok(false.into_pyobject(py)?.to_owned().into_any().unbind())
+    }
+}
+
 /// One queued async acquisition, driven by `crewthrottle._waiting.wait`.
 pub trait AsyncWait: Send + Sync {
     /// `(True, result)` once granted, else `(False, seconds until the next poll or None)`.

@@ -28,6 +28,14 @@ fn queued<G: std::fmt::Debug>(acquired: Acquired<G>) -> Ticket {
     }
 }
 
+/// A gate over a bucket of 10 tokens a second holding at most `burst`, on a manual clock.
+fn bucket_gate(burst: u64) -> (Gate<TokenBucketBudget>, Clock) {
+    let clock = Clock::manual();
+    let config = BucketConfig::new(10.0, 1.0, Some(burst)).unwrap();
+    let bucket = TokenBucketBudget::new(config, clock.clone());
+    (Gate::new(bucket, clock.clone()), clock)
+}
+
 fn semaphore(value: u64) -> Gate<SemaphoreCount> {
     Gate::new(SemaphoreCount::new(value, false), Clock::manual())
 }
@@ -111,12 +119,7 @@ fn abandoning_the_head_serves_the_next_waiter() {
 
 #[test]
 fn only_the_head_and_its_backstop_get_a_retry_instant_and_a_large_request_is_not_starved() {
-    let clock = Clock::manual();
-    let bucket = TokenBucketBudget::new(
-        BucketConfig::new(10.0, 1.0, Some(10)).unwrap(),
-        clock.clone(),
-    );
-    let gate = Gate::new(bucket, clock.clone());
+    let (gate, clock) = bucket_gate(10);
     assert!(matches!(gate.acquire(10).unwrap(), Acquired::Now(())));
     let big = queued(gate.acquire(10).unwrap());
     let small = queued(gate.acquire(1).unwrap());
@@ -189,12 +192,7 @@ fn a_child_recovers_a_lock_held_by_a_vanished_thread() {
 fn a_head_that_never_polls_does_not_hold_up_the_next_waiter() {
     // The head's event loop is busy when its instant comes: the next waiter's backstop
     // serves the queue (the head's grant waits for it, handed).
-    let clock = Clock::manual();
-    let bucket = TokenBucketBudget::new(
-        BucketConfig::new(10.0, 1.0, Some(1)).unwrap(),
-        clock.clone(),
-    );
-    let gate = Gate::new(bucket, clock.clone());
+    let (gate, clock) = bucket_gate(1);
     assert!(matches!(gate.acquire(1).unwrap(), Acquired::Now(())));
     let stuck = queued(gate.acquire(1).unwrap());
     let next = queued(gate.acquire(1).unwrap());
@@ -223,12 +221,7 @@ fn a_head_that_never_polls_does_not_hold_up_the_next_waiter() {
 
 #[test]
 fn serving_the_head_wakes_the_new_second_to_arm_its_backstop() {
-    let clock = Clock::manual();
-    let bucket = TokenBucketBudget::new(
-        BucketConfig::new(10.0, 1.0, Some(1)).unwrap(),
-        clock.clone(),
-    );
-    let gate = Gate::new(bucket, clock.clone());
+    let (gate, clock) = bucket_gate(1);
     assert!(matches!(gate.acquire(1).unwrap(), Acquired::Now(())));
     let tickets: Vec<_> = (0..3).map(|_| queued(gate.acquire(1).unwrap())).collect();
     let counters: Vec<_> = tickets
