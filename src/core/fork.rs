@@ -3,36 +3,51 @@
 //!
 //! The registry's lock is taken before the fork and released after it on both sides, as
 //! `pthread_atfork` handlers do, so the child never inherits it half-held.
+//!
+//! Every lock here is a `std::sync::Mutex` — a futex whose whole state is its own word —
+//! rather than `parking_lot`'s: a parking_lot lock that is contended parks its waiters in a
+//! process-wide table guarded by locks of its own, and a fork while another thread is inside
+//! that table leaves a child whose next contended lock may never return (issue 9). A futex
+//! word is ours to renew ([`ForkableMutex`]).
 
-use std::cell::UnsafeCell;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Weak;
+use std::cell::{RefCell, UnsafeCell};
+use std::sync::{Mutex, MutexGuard, PoisonError, TryLockError, Weak};
 
-use parking_lot::{const_mutex, Mutex, MutexGuard};
+/// What survives in a forked child: the thread that forked, and the tasks of the event loop
+/// it was running (if any). Every other thread and loop of the parent is gone.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Survivors {
+    /// The identity of the event loop running on the forking thread.
+    pub event_loop: Option<u64>,
+}
 
 /// Something with state to reset in a forked child.
 pub trait AfterFork: Send + Sync {
-    /// Forgets the parent's other threads.
+    /// Forgets the parent's other threads (and their event loops).
     ///
     /// # Safety
     /// Only in the child right after `fork()`, while it has a single thread.
-    unsafe fn reset_in_child(&self);
+    unsafe fn reset_in_child(&self, survivors: Survivors);
 }
 
-static REGISTRY: Mutex<Vec<Weak<dyn AfterFork>>> = const_mutex(Vec::new());
-static HELD_FOR_FORK: AtomicBool = AtomicBool::new(false);
+type Registry = Vec<Weak<dyn AfterFork>>;
+
+static REGISTRY: Mutex<Registry> = Mutex::new(Vec::new());
+
+thread_local! {
+    /// The registry's guard, held by the forking thread from `before_fork` until after the
+    /// fork (in the child, that thread's copy holds it).
+    static HELD_FOR_FORK: RefCell<Option<(MutexGuard<'static, Registry>, Survivors)>> =
+        const { RefCell::new(None) };
+}
+
+fn lock_registry() -> MutexGuard<'static, Registry> {
+    REGISTRY.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 /// Registers `item` for resetting in forked children; dead entries are pruned as it grows.
 pub fn register(item: Weak<dyn AfterFork>) {
-    // Never park on the registry: a thread parked on it at the instant of a fork would leave
-    // a "parked" mark that makes the child's unlock hand the lock to a thread that does not
-    // exist there. Registration is rare and brief, so yielding until it is free costs nothing.
-    let mut items = loop {
-        if let Some(items) = REGISTRY.try_lock() {
-            break items;
-        }
-        std::thread::yield_now();
-    };
+    let mut items = lock_registry();
     if items.len() == items.capacity() {
         items.retain(|w| w.strong_count() > 0);
     }
@@ -40,17 +55,14 @@ pub fn register(item: Weak<dyn AfterFork>) {
 }
 
 /// Before `fork()`: holds the registry so no thread is half-way through registering.
-pub fn before_fork() {
-    std::mem::forget(REGISTRY.lock());
-    HELD_FOR_FORK.store(true, Ordering::Release);
+pub fn before_fork(survivors: Survivors) {
+    let guard = lock_registry();
+    HELD_FOR_FORK.with(|held| *held.borrow_mut() = Some((guard, survivors)));
 }
 
 /// In the parent after `fork()`.
 pub fn after_fork_in_parent() {
-    if HELD_FOR_FORK.swap(false, Ordering::AcqRel) {
-        // SAFETY: `before_fork` locked it on this thread and forgot the guard.
-        unsafe { REGISTRY.force_unlock() };
-    }
+    HELD_FOR_FORK.with(|held| drop(held.borrow_mut().take()));
 }
 
 /// In the child after `fork()`: resets every live registered item.
@@ -58,17 +70,15 @@ pub fn after_fork_in_parent() {
 /// # Safety
 /// Only in the child right after `fork()`, while it has a single thread.
 pub unsafe fn after_fork_in_child() {
-    if !HELD_FOR_FORK.swap(false, Ordering::AcqRel) {
-        return;
-    }
-    // SAFETY: we hold the lock (taken in `before_fork`, inherited by this only thread).
-    let items = unsafe { &*REGISTRY.data_ptr() };
-    for item in items.iter().filter_map(Weak::upgrade) {
-        // SAFETY: the caller guarantees we are the single thread of a fresh child.
-        unsafe { item.reset_in_child() };
-    }
-    // SAFETY: as in `after_fork_in_parent`.
-    unsafe { REGISTRY.force_unlock() };
+    HELD_FOR_FORK.with(|held| {
+        let Some((items, survivors)) = held.borrow_mut().take() else {
+            return;
+        };
+        for item in items.iter().filter_map(Weak::upgrade) {
+            // SAFETY: the caller guarantees we are the single thread of a fresh child.
+            unsafe { item.reset_in_child(survivors) };
+        }
+    });
 }
 
 /// A mutex whose lock word a forked child can renew.
@@ -94,20 +104,24 @@ impl<T: std::fmt::Debug> std::fmt::Debug for ForkableMutex<T> {
 
 impl<T> ForkableMutex<T> {
     /// A new, unlocked mutex.
-    pub fn new(value: T) -> Self {
+    pub const fn new(value: T) -> Self {
         ForkableMutex {
             cell: UnsafeCell::new(Mutex::new(value)),
         }
     }
 
-    /// Locks it (parking_lot: brief spinning, then parking).
+    /// Locks it. Nothing panics while holding one, but a poisoned lock is used as it is.
     pub fn lock(&self) -> MutexGuard<'_, T> {
-        self.mutex().lock()
+        self.mutex().lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Locks it if it is free this instant.
     pub fn try_lock(&self) -> Option<MutexGuard<'_, T>> {
-        self.mutex().try_lock()
+        match self.mutex().try_lock() {
+            Ok(guard) => Some(guard),
+            Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        }
     }
 
     fn mutex(&self) -> &Mutex<T> {
@@ -124,12 +138,16 @@ impl<T> ForkableMutex<T> {
     pub unsafe fn reset_in_child(&self, reset: impl FnOnce(&mut T, bool)) {
         // SAFETY: the caller guarantees exclusive access.
         let mutex = unsafe { &mut *self.cell.get() };
-        let intact = !mutex.is_locked();
-        reset(mutex.get_mut(), intact);
+        // Locked in a single-threaded child means locked by a thread that is gone.
+        let intact = !matches!(mutex.try_lock(), Err(TryLockError::WouldBlock));
+        reset(
+            mutex.get_mut().unwrap_or_else(PoisonError::into_inner),
+            intact,
+        );
         // SAFETY: the value is moved out and the old mutex is overwritten without being
         // dropped, so the value is neither dropped nor duplicated.
         unsafe {
-            let value = std::ptr::read(mutex.get_mut());
+            let value = std::ptr::read(mutex.get_mut().unwrap_or_else(PoisonError::into_inner));
             std::ptr::write(mutex, Mutex::new(value));
         }
     }

@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use super::clock::{Clock, Nanos};
 use super::error::InvalidArgument;
-use super::fork::{AfterFork, ForkableMutex};
+use super::fork::{AfterFork, ForkableMutex, Survivors};
 use super::notify::{Context, Delivery, Notifier};
 use super::wait_times::WaitTimes;
 
@@ -146,6 +146,7 @@ struct Waiter<Req> {
 struct Handed<Req, G> {
     grant: G,
     request: Req,
+    context: Option<Context>,
     granted: Nanos,
     since: Nanos,
 }
@@ -351,12 +352,10 @@ impl<R: Resource> Gate<R> {
 }
 
 impl<R: Resource> AfterFork for Gate<R> {
-    unsafe fn reset_in_child(&self) {
+    unsafe fn reset_in_child(&self, survivors: Survivors) {
         let reset = |st: &mut State<R>, intact: bool| {
             if intact {
-                st.queue.clear();
-                st.handed.clear();
-                st.watch.clear();
+                keep_survivors(st, survivors);
             } else {
                 // Possibly half-written by the vanished holder: leak rather than drop.
                 std::mem::forget(std::mem::take(&mut st.queue));
@@ -367,6 +366,36 @@ impl<R: Resource> AfterFork for Gate<R> {
         };
         // SAFETY: the caller guarantees a single-threaded child; no gate call is under way.
         unsafe { self.state.reset_in_child(reset) };
+        // The child's budget may serve the survivors at once (nothing is in flight here).
+        self.update(|_, _| ());
+    }
+}
+
+/// In a forked child: forgets the waiters of the parent's other threads and loops, and keeps
+/// those of the forking thread's own event loop, which runs on in the child. Their grants were
+/// made by the parent's budget, so they queue again (first in line, in their order) to be
+/// granted by the child's.
+fn keep_survivors<R: Resource>(st: &mut State<R>, survivors: Survivors) {
+    let kept = survivors.event_loop.map(Context::EventLoop);
+    let survives = |context: Option<Context>| kept.is_some() && context == kept;
+    st.queue.retain(|_, waiter| survives(waiter.context));
+    for (id, handed) in std::mem::take(&mut st.handed) {
+        if survives(handed.context) {
+            let waiter = Waiter {
+                request: handed.request,
+                notifier: None,
+                context: handed.context,
+                armed: None,
+                since: handed.since,
+            };
+            st.queue.insert(id, waiter);
+        }
+    }
+    st.watch.clear();
+    for (&id, waiter) in &st.queue {
+        if let Some(context) = waiter.context {
+            st.watch.insert(id, context);
+        }
     }
 }
 
@@ -422,6 +451,7 @@ fn pick_up<R: Resource>(
         request,
         granted,
         since,
+        ..
     } = handed;
     match st.resource.pick_up(grant, granted, now) {
         Some(grant) => {
@@ -429,6 +459,7 @@ fn pick_up<R: Resource>(
             Some(grant)
         }
         None => {
+            // Its context is registered again by the poll under way.
             let waiter = Waiter {
                 request,
                 notifier: None,
@@ -500,6 +531,7 @@ fn dispatch<R: Resource>(st: &mut State<R>, now: Nanos, outbox: &mut Outbox) -> 
                 let handed = Handed {
                     grant,
                     request: waiter.request,
+                    context: waiter.context,
                     granted: now,
                     since: waiter.since,
                 };

@@ -24,7 +24,7 @@ use std::fmt;
 use std::time::Duration;
 
 use super::clock::{nanos_of, Clock};
-use super::fork::{AfterFork, ForkableMutex};
+use super::fork::{AfterFork, ForkableMutex, Survivors};
 
 /// The number of slices the window is cut into.
 pub const SLICES: usize = 10;
@@ -242,7 +242,7 @@ fn units(retries: f64) -> u64 {
 }
 
 impl AfterFork for RetryBudget {
-    unsafe fn reset_in_child(&self) {
+    unsafe fn reset_in_child(&self, _survivors: Survivors) {
         // The counts are plain words, never half-written in a way that matters: keep them;
         // only the lock word needs renewing.
         // SAFETY: the caller guarantees a single-threaded child.

@@ -5,7 +5,7 @@ use std::sync::{Arc, Weak};
 
 use pyo3::prelude::*;
 
-use crate::core::fork::{self, AfterFork};
+use crate::core::fork::{self, AfterFork, Survivors};
 use crate::core::gate::{Gate, Resource};
 
 /// Makes a gate and registers it for resetting in forked children.
@@ -18,10 +18,24 @@ pub fn new_gate<R: Resource>(py: Python<'_>, gate: Gate<R>) -> Arc<Gate<R>> {
     gate
 }
 
-/// Runs just before `os.fork()`.
+/// Runs just before `os.fork()`, on the forking thread: notes the event loop it is running
+/// (its tasks live on in the child), then holds the registry.
 #[pyfunction]
 pub fn _before_fork(py: Python<'_>) {
-    py.detach(fork::before_fork);
+    let survivors = Survivors {
+        event_loop: running_loop(py),
+    };
+    py.detach(|| fork::before_fork(survivors));
+}
+
+/// The identity of the event loop running on this thread, if any (as the gate's waiters
+/// record it).
+fn running_loop(py: Python<'_>) -> Option<u64> {
+    let event_loop = py
+        .import("asyncio")
+        .and_then(|asyncio| asyncio.call_method0("get_running_loop"))
+        .ok()?;
+    Some(event_loop.as_ptr() as u64)
 }
 
 /// Runs in the parent after `os.fork()`.

@@ -9,5 +9,6 @@ pub mod permit;
 pub mod retry_budget;
 pub mod semaphore;
 pub mod stats;
+pub mod take_once;
 pub mod token_bucket;
 pub mod wait;

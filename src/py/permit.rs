@@ -1,10 +1,10 @@
 //! `Permit`: one granted request of a `Limiter`, released exactly once — by `release()`, by
 //! leaving its `with` block, or when it is garbage-collected.
 
+use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use parking_lot::Mutex;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
@@ -20,24 +20,36 @@ const MAX_TOKENS: u64 = MAX_COUNT;
 #[pyclass(module = "crewthrottle", name = "Permit", frozen)]
 pub struct Permit {
     gate: Arc<Gate<LimiterBudget>>,
-    grant: Mutex<LimiterGrant>,
+    /// Only ever read or written under the gate's lock (see [`Permit::with_grant`]): no lock
+    /// of its own that a fork could leave held.
+    grant: UnsafeCell<LimiterGrant>,
     released: AtomicBool,
 }
+
+// SAFETY: `grant` is only accessed inside closures the gate runs under its lock, which
+// serialises every access from every thread.
+unsafe impl Sync for Permit {}
 
 impl Permit {
     /// A permit for `grant`, made by `gate`.
     pub fn new(gate: Arc<Gate<LimiterBudget>>, grant: LimiterGrant) -> Self {
         Permit {
             gate,
-            grant: Mutex::new(grant),
+            grant: UnsafeCell::new(grant),
             released: AtomicBool::new(false),
         }
     }
 
+    /// Changes the budget and this permit's grant together, under the gate's lock.
+    fn with_grant<T>(&self, change: impl FnOnce(&mut LimiterBudget, &mut LimiterGrant) -> T) -> T {
+        // SAFETY: under the gate's lock (see the field's docs).
+        self.gate
+            .with_resource(|budget, _| change(budget, unsafe { &mut *self.grant.get() }))
+    }
+
     fn release_once(&self) {
         if !self.released.swap(true, Ordering::AcqRel) {
-            let grant = *self.grant.lock();
-            self.gate.with_resource(|budget, _| budget.release(&grant));
+            self.with_grant(|budget, grant| budget.release(grant));
         }
     }
 }
@@ -58,17 +70,20 @@ impl Permit {
                 "actual_tokens is {actual}, more than any request uses (at most 2**53)"
             )));
         }
-        // Under the gate's lock, so concurrent settles of one permit are serialised; the gate
-        // wakes waiters only after both locks are dropped (lock order: gate, then permit).
-        self.gate
-            .with_resource(|budget, now| budget.settle(&mut self.grant.lock(), actual, now));
+        // Under the gate's lock, so concurrent settles of one permit are serialised.
+        self.gate.with_resource(|budget, now| {
+            // SAFETY: under the gate's lock (see the field's docs).
+            budget.settle(unsafe { &mut *self.grant.get() }, actual, now)
+        });
         Ok(())
     }
 
     /// Tokens charged for this request (reserved, or as settled).
     #[getter]
     fn tokens(&self) -> u64 {
-        self.grant.lock().charged
+        // SAFETY: under the gate's lock (see the field's docs).
+        self.gate
+            .inspect(|_, _, _| unsafe { (*self.grant.get()).charged })
     }
 
     /// Whether the permit has been released.

@@ -7,12 +7,12 @@ use std::sync::{Arc, Weak};
 use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyTuple;
 
 use super::errors::lost_ticket;
+use super::take_once::TakeOnce;
 use crate::core::clock::Nanos;
 use crate::core::gate::{Abandon, Acquired, Gate, Polled, Resource, Ticket};
 use crate::core::notify::{Context, Delivery, Notifier, Notify};
@@ -201,7 +201,7 @@ impl Notify for LoopNotify {
         Python::attach(|py| {
             let call = WakeCall {
                 future: self.future.clone_ref(py),
-                on_lost: Mutex::new(Some(Arc::clone(&self.on_lost))),
+                on_lost: TakeOnce::new(Arc::clone(&self.on_lost)),
             };
             let Ok(call) = Py::new(py, call) else {
                 return Delivery::Gone;
@@ -228,12 +228,12 @@ impl Notify for LoopNotify {
 #[pyclass(module = "crewthrottle._native", name = "_WakeCall", frozen)]
 pub struct WakeCall {
     future: Py<PyAny>,
-    on_lost: Mutex<Option<OnLost>>,
+    on_lost: TakeOnce<OnLost>,
 }
 
 impl WakeCall {
     fn disarm(&self) -> Option<OnLost> {
-        self.on_lost.lock().take()
+        self.on_lost.take()
     }
 }
 
@@ -401,12 +401,12 @@ trait Start: Send + Sync {
 struct Unstarted<R: Resource, O: AsyncOutcome<R>> {
     gate: Arc<Gate<R>>,
     request: R::Request,
-    outcome: parking_lot::Mutex<Option<O>>,
+    outcome: TakeOnce<O>,
 }
 
 impl<R: Resource, O: AsyncOutcome<R>> Start for Unstarted<R, O> {
     fn start(&self, py: Python<'_>) -> PyResult<(bool, Py<PyAny>)> {
-        let Some(outcome) = self.outcome.lock().take() else {
+        let Some(outcome) = self.outcome.take() else {
             return Err(pyo3::exceptions::PyRuntimeError::new_err(
                 "this acquisition was already awaited",
             ));
@@ -450,7 +450,7 @@ pub fn acquire_async<R: Resource, O: AsyncOutcome<R>>(
     let unstarted = Unstarted {
         gate: Arc::clone(gate),
         request,
-        outcome: parking_lot::Mutex::new(Some(outcome)),
+        outcome: TakeOnce::new(outcome),
     };
     let acquisition = Py::new(py, Acquisition(Box::new(unstarted)))?;
     Ok(waiting_module(py)?

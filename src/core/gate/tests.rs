@@ -3,6 +3,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::*;
+use crate::core::fork::Survivors;
 use crate::core::notify::Notify;
 use crate::core::semaphore::SemaphoreCount;
 use crate::core::token_bucket::{BucketConfig, TokenBucketBudget};
@@ -195,7 +196,7 @@ fn a_reset_child_forgets_queued_waiters() {
     let gate = semaphore(0);
     let ticket = queued(gate.acquire(()).unwrap());
     // SAFETY: single-threaded test standing in for a fresh child.
-    unsafe { AfterFork::reset_in_child(&gate) };
+    unsafe { AfterFork::reset_in_child(&gate, Survivors::default()) };
     let (_, waker) = counting_waker();
     assert_eq!(gate.poll(ticket, &waker), Polled::Unknown);
     assert_eq!(gate.inspect(|_, w, _| w.waiting), 0);
@@ -207,7 +208,7 @@ fn a_child_recovers_a_lock_held_by_a_vanished_thread() {
     // Simulate a parent thread that held the lock at the instant of the fork.
     std::mem::forget(gate.state.lock());
     // SAFETY: as above.
-    unsafe { AfterFork::reset_in_child(&gate) };
+    unsafe { AfterFork::reset_in_child(&gate, Survivors::default()) };
     assert_eq!(gate.try_acquire(()).unwrap(), Some(()));
 }
 
@@ -333,4 +334,38 @@ fn serving_the_head_wakes_the_new_first_thread_to_arm_its_timer() {
     let woken: Vec<_> = counters.iter().map(|c| c.woken()).collect();
     // The served waiter's old waker; the new head, to arm its timer. Nobody else.
     assert_eq!(woken, vec![1, 1, 0]);
+}
+
+#[test]
+fn a_forked_child_keeps_the_waiters_of_the_forking_threads_loop() {
+    let gate = semaphore(0);
+    let tickets: Vec<_> = (0..4).map(|_| queued(gate.acquire(()).unwrap())).collect();
+    let (_, forking_loop) = waker_in(Context::EventLoop(1));
+    let (_, other_loop) = waker_in(Context::EventLoop(2));
+    let (_, thread) = counting_waker();
+    gate.poll(tickets[0], &forking_loop);
+    gate.poll(tickets[1], &other_loop);
+    gate.poll(tickets[2], &thread);
+    gate.poll(tickets[3], &forking_loop);
+    gate.with_resource(|sem, _| sem.release(1)).unwrap(); // handed to the first
+    gate.with_resource(|sem, _| sem.release(1)).unwrap(); // handed to the second
+    let survivors = Survivors {
+        event_loop: Some(1),
+    };
+    // SAFETY: single-threaded test standing in for a fresh child.
+    unsafe { AfterFork::reset_in_child(&gate, survivors) };
+    assert_eq!(
+        gate.inspect(|_, w, _| w.waiting),
+        2,
+        "the forking loop's two tasks"
+    );
+    for lost in [tickets[1], tickets[2]] {
+        assert_eq!(gate.poll(lost, &thread), Polled::Unknown);
+    }
+    // The semaphore keeps its count (0: the grants went with the parent); released in the
+    // child, it serves the survivors in their order.
+    assert_eq!(gate.poll(tickets[0], &forking_loop), Polled::Pending(None));
+    gate.with_resource(|sem, _| sem.release(2)).unwrap();
+    assert_eq!(gate.poll(tickets[0], &forking_loop), Polled::Ready(()));
+    assert_eq!(gate.poll(tickets[3], &forking_loop), Polled::Ready(()));
 }
