@@ -124,7 +124,7 @@ def check_sdist(sdist: Path, version: str) -> None:
 
 def interpreters() -> list[Path]:
     """This CPython, plus the oldest (>= 3.10) and newest others pyenv has, one per minor."""
-    found = {sys.version_info[:2]: Path(sys._base_executable)}
+    found = {sys.version_info[:2]: Path(getattr(sys, "_base_executable", sys.executable))}
     pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
     for candidate in sorted(pyenv.glob("3.*/bin/python3")):
         match = re.fullmatch(r"3\.(\d+)\.\d+", candidate.parent.parent.name)

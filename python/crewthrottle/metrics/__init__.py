@@ -60,11 +60,10 @@ def instrument(
     Calling it again replaces the previous instrumentation; :func:`uninstrument` ends it.
     Raises ``ImportError`` without ``opentelemetry-api`` (``crewthrottle[otel]``).
     """
-    read = source(limiters)
     otel = _backend("_otel", "otel", "opentelemetry-api")
     from crewthrottle import __version__
 
-    otel.instrument(meter_provider, read, __version__)
+    otel.instrument(meter_provider, source(limiters), __version__)
 
 
 def uninstrument() -> None:
@@ -83,9 +82,8 @@ def register_prometheus(
     Returns the collector; :func:`unregister_prometheus` removes it. Raises ``ImportError``
     without ``prometheus_client`` (``crewthrottle[prometheus]``).
     """
-    read = source(limiters)
     prometheus = _backend("_prometheus", "prometheus", "prometheus_client")
-    collector: LimiterCollector = prometheus.register(registry, read)
+    collector: LimiterCollector = prometheus.register(registry, source(limiters))
     return collector
 
 

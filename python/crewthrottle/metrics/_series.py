@@ -64,8 +64,9 @@ SERIES: tuple[Series, ...] = (
     Series("timeouts", "timeouts", "counter", "{request}", "Waits ended by a timeout."),
     Series("cancelled", "cancellations", "counter", "{request}",
            "Waits cancelled (asyncio cancellation, Ctrl-C)."),
-    Series("tokens_granted", "tokens.granted", "counter", "{token}",
-           "Tokens charged to granted requests (as settled)."),
+    # Not a counter: settling a permit below its reservation refunds, so it can go down.
+    Series("tokens_granted", "tokens.granted", "updown", "{token}",
+           "Tokens charged to granted requests, as settled (refunds lower it)."),
     Series("total_wait", "wait.time", "counter", "s",
            "Time granted requests spent waiting, in all.", otel_only=True),
     Series("retries", "retries", "counter", "{retry}", "Retries scheduled by backoff."),
