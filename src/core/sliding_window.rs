@@ -120,6 +120,13 @@ impl SlidingWindow {
         self.used -= refund;
     }
 
+    /// Moves `amount` units of the entry of `receipt` to `now`: a start that happened later
+    /// than it was first recorded. Returns where they now are.
+    pub fn move_to(&mut self, receipt: Receipt, amount: u64, now: Nanos) -> Receipt {
+        self.refund(receipt, amount);
+        self.record(amount, now)
+    }
+
     /// Adds `amount` units to the entry of `receipt`, if it is still in the window.
     pub fn add(&mut self, receipt: Receipt, amount: u64, now: Nanos) -> bool {
         self.expire(now);
