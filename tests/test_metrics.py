@@ -15,6 +15,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -536,3 +537,38 @@ def test_a_missing_extra_is_a_clear_import_error(
     monkeypatch.delitem(sys.modules, f"crewthrottle.metrics.{module}", raising=False)
     with pytest.raises(ImportError, match=re.escape(extra)):
         call(None, [ct.Limiter()])
+
+
+# -- the native snapshot contract and the docs ------------------------------------------------
+
+
+def test_native_wait_buckets_become_a_prometheus_histogram(registry: CollectorRegistry) -> None:
+    """Snapshots as ``_native._limiter_snapshots()`` gives them, with cumulative buckets (the
+    last bound infinite): same-named limiters add up bucket by bucket."""
+    from crewthrottle.metrics._prometheus import LimiterCollector
+
+    def snapshot(counts: list[int], total: float) -> dict[str, object]:
+        bounds = [0.01, 0.1, 1.0, float("inf")]
+        return {"name": "gpt", "acquired": counts[-1], "total_wait": total,
+                "wait_histogram": list(zip(bounds, counts, strict=True))}  # fmt: skip
+
+    collector = LimiterCollector(lambda: [snapshot([2, 5, 6, 6], 0.9), snapshot([1, 1, 3, 4], 4.2)])
+    registry.register(collector)
+    samples = prom_read(registry)
+    buckets = samples["crewthrottle_limiter_wait_seconds_bucket"]
+    assert buckets == {
+        ("gpt", "0.01"): 3,
+        ("gpt", "0.1"): 6,
+        ("gpt", "1.0"): 9,
+        ("gpt", "+Inf"): 10,
+    }
+    assert samples["crewthrottle_limiter_wait_seconds_count"] == {"gpt": 10}
+    assert samples["crewthrottle_limiter_wait_seconds_sum"]["gpt"] == pytest.approx(5.1)
+    registry.unregister(collector)
+
+
+def test_the_readme_lists_every_series() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    for series in SERIES:
+        assert f"| `{series.otel_name}` |" in readme, series.otel_name
+        assert series.otel_only or f"| `{prom_name(series)}` |" in readme, series.key

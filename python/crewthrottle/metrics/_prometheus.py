@@ -4,6 +4,7 @@ recorded on the acquire/release path. Imported only by ``register_prometheus()``
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 from prometheus_client.core import (
@@ -55,8 +56,9 @@ def _family(series: Series, groups: Groups) -> Metric:
 
 
 def _wait_histogram(groups: Groups) -> Metric:
-    """Waits of granted requests: the native cumulative buckets when the module has them,
-    else only the count (grants) and sum (total wait), which still give the mean."""
+    """Waits of granted requests: the native cumulative buckets (``wait_histogram``, the
+    last bound infinite) when the snapshot has them, else only the count (grants) and sum
+    (total wait), which still give the mean."""
     family = HistogramMetricFamily(
         "crewthrottle_limiter_wait_seconds",
         "Time granted requests spent waiting for their permit.",
@@ -67,9 +69,10 @@ def _wait_histogram(groups: Groups) -> Metric:
         if not isinstance(count, int) or not isinstance(total, int | float):
             continue
         buckets = group.get(HISTOGRAM)
-        finite = buckets if isinstance(buckets, list) else []
-        le = [(_le(bound), float(n)) for bound, n in finite]
-        family.add_metric([name], [*le, ("+Inf", float(count))], float(total))
+        native = buckets if isinstance(buckets, list) else []
+        le = [(_le(bound), float(n)) for bound, n in native if math.isfinite(bound)]
+        every = next((n for bound, n in native if not math.isfinite(bound)), count)
+        family.add_metric([name], [*le, ("+Inf", float(every))], float(total))
     return family
 
 
