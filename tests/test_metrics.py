@@ -228,18 +228,23 @@ def loaded_limiter() -> ct.Limiter:
     return ct.Limiter(max_concurrent=2, rpm=100_000, tpm=10_000_000, window=600.0, name="load")
 
 
+#: What the collections taken during the load are checked for, by snapshot key.
+WATCHED = ("acquired", "timeouts", "cancelled", "in_flight", "waiting", "tokens_granted")
+BY_KEY = {series.key: series for series in SERIES}
+
+
 def check_collections(collected: list[dict[str, float]], limits: dict[str, float]) -> None:
     """Invariants of each collection taken during the load: counters never go down, levels
     stay within the limits."""
     assert len(collected) >= 3
     for before, after in itertools.pairwise(collected):
-        for name in ("grants", "timeouts", "cancellations"):
-            assert after[name] >= before[name], (name, before, after)
+        for key in ("acquired", "timeouts", "cancelled"):
+            assert after[key] >= before[key], (key, before, after)
     for figures in collected:
         assert figures["tokens_granted"] >= 0  # it may go down: a settle refunds
         assert 0 <= figures["in_flight"] <= limits["in_flight"]
         assert figures["waiting"] >= 0
-        assert figures["grants"] >= figures["in_flight"]
+        assert figures["acquired"] >= figures["in_flight"]
 
 
 def test_otel_under_load_agrees_with_stats(
@@ -251,12 +256,7 @@ def test_otel_under_load_agrees_with_stats(
 
     def collect() -> dict[str, float]:
         values = otel_values(reader)
-        return {
-            short: values[f"crewthrottle.limiter.{name}"]["load"]
-            for short, name in (("grants", "grants"), ("timeouts", "timeouts"),
-                                ("cancellations", "cancellations"), ("in_flight", "in_flight"),
-                                ("waiting", "waiting"), ("tokens_granted", "tokens.granted"))
-        }  # fmt: skip
+        return {key: values[BY_KEY[key].otel_name]["load"] for key in WATCHED}
 
     check_collections(Load(limiter).run(collect), {"in_flight": 2})
     stats, values = stats_of(limiter), otel_values(reader)
@@ -272,13 +272,7 @@ def test_prometheus_under_load_agrees_with_stats(registry: CollectorRegistry) ->
 
     def collect() -> dict[str, float]:
         samples = prom_read(registry)
-        return {
-            short: samples[f"crewthrottle_limiter_{name}"]["load"]
-            for short, name in (("grants", "grants_total"), ("timeouts", "timeouts_total"),
-                                ("cancellations", "cancellations_total"),
-                                ("in_flight", "in_flight"), ("waiting", "waiting"),
-                                ("tokens_granted", "tokens_granted"))
-        }  # fmt: skip
+        return {key: samples[prom_name(BY_KEY[key])]["load"] for key in WATCHED}
 
     check_collections(Load(limiter).run(collect), {"in_flight": 2})
     stats, samples = stats_of(limiter), prom_read(registry)
