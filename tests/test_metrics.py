@@ -566,3 +566,13 @@ def test_the_readme_lists_every_series() -> None:
     for series in SERIES:
         assert f"| `{series.otel_name}` |" in readme, series.otel_name
         assert series.otel_only or f"| `{prom_name(series)}` |" in readme, series.key
+
+
+def test_undoing_needs_no_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Clean-up code (``uninstrument()`` in a shutdown hook) works where nothing was set up."""
+    for module in ("_otel", "_prometheus"):
+        monkeypatch.delitem(sys.modules, f"crewthrottle.metrics.{module}", raising=False)
+    monkeypatch.setitem(sys.modules, "opentelemetry", None)
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)
+    metrics.uninstrument()
+    metrics.unregister_prometheus()

@@ -15,6 +15,7 @@ OpenTelemetry and prometheus_client are optional (``crewthrottle[otel]``,
 from __future__ import annotations
 
 import importlib
+import sys
 from collections.abc import Iterable
 from types import ModuleType
 from typing import TYPE_CHECKING
@@ -57,7 +58,8 @@ def instrument(
     """Report limiters through OpenTelemetry: every limiter, present and future, or only
     ``limiters``; through ``meter_provider``, or the global one (also when it is set later).
 
-    Calling it again replaces the previous instrumentation; :func:`uninstrument` ends it.
+    Calling it again replaces the previous instrumentation; :func:`uninstrument` ends it
+    (and lets go of ``limiters``, which are kept until then).
     Raises ``ImportError`` without ``opentelemetry-api`` (``crewthrottle[otel]``).
     """
     otel = _backend("_otel", "otel", "opentelemetry-api")
@@ -69,8 +71,9 @@ def instrument(
 def uninstrument() -> None:
     """Stop reporting through OpenTelemetry (the instruments stay, silent: OpenTelemetry
     cannot remove them; :func:`instrument` on the same provider revives them)."""
-    otel = _backend("_otel", "otel", "opentelemetry-api")
-    otel.uninstrument()
+    otel = sys.modules.get("crewthrottle.metrics._otel")
+    if otel is not None:  # else nothing was instrumented: nothing to import or undo
+        otel.uninstrument()
 
 
 def register_prometheus(
@@ -79,8 +82,8 @@ def register_prometheus(
     """Add a collector of every limiter, present and future (or only ``limiters``), to
     ``registry`` (``prometheus_client``'s default when None), replacing one added before.
 
-    Returns the collector; :func:`unregister_prometheus` removes it. Raises ``ImportError``
-    without ``prometheus_client`` (``crewthrottle[prometheus]``).
+    Returns the collector (it keeps ``limiters``); :func:`unregister_prometheus` removes it.
+    Raises ``ImportError`` without ``prometheus_client`` (``crewthrottle[prometheus]``).
     """
     prometheus = _backend("_prometheus", "prometheus", "prometheus_client")
     collector: LimiterCollector = prometheus.register(registry, source(limiters))
@@ -90,4 +93,6 @@ def register_prometheus(
 def unregister_prometheus(registry: CollectorRegistry | None = None) -> None:
     """Remove the collector :func:`register_prometheus` added to ``registry`` (the default
     one when None); nothing happens if there is none."""
-    _backend("_prometheus", "prometheus", "prometheus_client").unregister(registry)
+    prometheus = sys.modules.get("crewthrottle.metrics._prometheus")
+    if prometheus is not None:  # else nothing was registered
+        prometheus.unregister(registry)
