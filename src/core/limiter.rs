@@ -20,7 +20,7 @@ use super::clock::{nanos_of_secs, Nanos};
 use super::error::{check_seconds, InvalidArgument, MAX_SPAN_SECS};
 use super::gate::{Check, Resource};
 use super::pacer::Pacer;
-use super::sliding_window::{Receipt, SlidingWindow};
+use super::sliding_window::{Receipt, SlidingWindow, MAX_AMOUNT};
 
 /// What a `Limiter` enforces. `None` means "no limit of that kind".
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -148,8 +148,8 @@ pub fn default_margin(window: f64) -> f64 {
     (window / 200.0).max(0.05).min(window / 10.0)
 }
 
-/// The largest count a limit may have: sums of counts then never come near overflow.
-pub const MAX_COUNT: u64 = 1 << 53;
+/// The largest count a limit may have (2^53): sums of counts then never come near overflow.
+pub const MAX_COUNT: u64 = MAX_AMOUNT;
 
 /// What a caller asks a limiter for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
