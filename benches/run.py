@@ -3,9 +3,10 @@
     .venv/bin/python benches/run.py [--quick] [--only NAME[,NAME]] [--json out.json]
                                     [--markdown out.md] [--no-pin]
 
-Sections (NAME for --only): cost, rate, latency, idle, fairness. Every peer runs beside ours
-in the same process, and figures are given as ratios where a baseline exists. Needs the
-``bench`` extra: ``pip install -e ".[bench]"`` (asyncio-throttle is optional).
+Sections (NAME for --only): cost, rate, latency, idle, fairness, metrics. Every peer runs
+beside ours in the same process, and figures are given as ratios where a baseline exists.
+Needs the ``bench`` extra: ``pip install -e ".[bench]"`` (asyncio-throttle is optional), and
+for the metrics section the ``otel`` and ``prometheus`` ones with the OpenTelemetry SDK.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from _common import Settings, Table, render_checks, render_markdown, render_text
 from bench_cost import run_cost
 from bench_idle import run_idle
 from bench_latency import run_latency
+from bench_metrics import run_metrics
 from bench_rate import run_fairness, run_rate
 
 SECTIONS: dict[str, Callable[[Settings], Table]] = {
@@ -34,6 +36,7 @@ SECTIONS: dict[str, Callable[[Settings], Table]] = {
     "latency": run_latency,
     "idle": run_idle,
     "fairness": run_fairness,
+    "metrics": run_metrics,
 }
 
 TARGETS = [
@@ -43,6 +46,7 @@ TARGETS = [
     "wake-up p99 <= 1 ms",
     "idle waiters <= 0.5% of a core",
     "Jain's index >= 0.99",
+    "metrics registered: acquire+release <= 1.10 x unregistered",
 ]
 
 

@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo fmt --all -- --check
 cargo clippy --all-targets --quiet -- -D warnings
-.venv/bin/ruff check python tests benches
-.venv/bin/ruff format --check python tests benches
-.venv/bin/python -m mypy --strict python/crewthrottle
+.venv/bin/ruff check python tests benches scripts
+.venv/bin/ruff format --check python tests benches scripts
+.venv/bin/python -m mypy --strict python/crewthrottle scripts/check_dist.py scripts/smoke_wheel.py
 .venv/bin/python -m mypy.stubtest crewthrottle._native

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh machine (Python >= 3.10 and a Rust toolchain): builds the
-# native module into ./.venv, runs the static checks, then the Rust and Python tests.
+# native module into ./.venv, runs the static checks, the Rust tests, the release packaging
+# (sdist and abi3 wheel built, checked, installed without Rust and smoke-tested), then pytest.
 # Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,4 +9,5 @@ cd "$(dirname "$0")/.."
 ./scripts/setup-venv.sh test
 ./scripts/check.sh
 cargo test --lib --quiet
+.venv/bin/python scripts/check_dist.py
 .venv/bin/python -m pytest "$@"

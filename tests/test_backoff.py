@@ -432,20 +432,22 @@ def test_max_time_gives_up_before_passing_it() -> None:
 # -- observability ----------------------------------------------------------------------------
 
 
-def test_a_log_record_per_retry_and_one_on_give_up(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="crewthrottle")
+def test_retries_log_at_debug_and_a_give_up_once_at_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="crewthrottle")
     with pytest.raises(RateLimited):
         ct.backoff(base=0.001, max_tries=4).call(failing(10))
-    records = [r for r in caplog.records if r.name == "crewthrottle"]
-    infos = [r for r in records if r.levelno == logging.INFO]
+    records = [r for r in caplog.records if r.name == "crewthrottle.retry"]
+    debugs = [r for r in records if r.levelno == logging.DEBUG]
     warnings = [r for r in records if r.levelno == logging.WARNING]
-    assert len(infos) == 3, [r.getMessage() for r in records]
-    assert [r.getMessage().split()[:2] for r in infos] == [
+    assert len(debugs) == 3 and len(warnings) == 1, [r.getMessage() for r in records]
+    assert [r.getMessage().split()[:2] for r in debugs] == [
         ["retry", "1"],
         ["retry", "2"],
         ["retry", "3"],
     ]
-    assert len(warnings) == 1 and "giving up after 4 tries" in warnings[0].getMessage()
+    assert "giving up after 4 tries" in warnings[0].getMessage()
 
 
 def test_limiter_counts_retries_and_give_ups() -> None:

@@ -10,6 +10,7 @@ the parent's other threads, their waiters and their permits).
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 
 from crewthrottle._backoff import Backoff, backoff, throttle
@@ -26,6 +27,9 @@ from crewthrottle._native import (
     _before_fork,
 )
 from crewthrottle._rate_limit_errors import is_rate_limit_error, retry_after
+
+#: The installed version; its one source is Cargo.toml (maturin copies it into the metadata).
+__version__ = importlib.metadata.version("crewthrottle")
 
 __all__ = [
     "AcquireTimeout",

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
+from crewthrottle import _rate_limited
 from crewthrottle._callables import is_async, refuse_awaitable
 from crewthrottle._native import Limiter, RetryBudget, _Schedule
 from crewthrottle._rate_limit_errors import is_rate_limit_error, retry_after
@@ -24,8 +25,12 @@ __all__ = ["Backoff", "backoff", "throttle"]
 P = ParamSpec("P")
 R = TypeVar("R")
 
-logger = logging.getLogger("crewthrottle")
-logger.addHandler(logging.NullHandler())  # a library logs only where the app says so
+logging.getLogger("crewthrottle").addHandler(logging.NullHandler())  # the app decides where
+#: DEBUG per retry (a storm would log a line per call: the counters in ``stats()`` and the
+#: metrics say how many), WARNING per give-up.
+logger = logging.getLogger("crewthrottle.retry")
+#: INFO when a provider's wait pauses a limiter that was not paused (once per pause).
+limiter_logger = logging.getLogger("crewthrottle.limiter")
 
 RetryOn = type[BaseException] | tuple[type[BaseException], ...] | Callable[[BaseException], bool]
 OnRetry = Callable[[int, float, BaseException], object]
@@ -177,28 +182,28 @@ class Backoff:
 
     def _next_delay(self, exc: BaseException, tries: int, started: float) -> float | None:
         """The delay before the next try, or None to let ``exc`` propagate (with a note)."""
+        if self.limiter is not None and is_rate_limit_error(exc):
+            _rate_limited.count(self.limiter)
         if not self._retryable(exc):
             return None
         wait = retry_after(exc) if self.respect_retry_after else None
         if self.limiter is not None and wait:
             # Everyone sharing the limit holds off, whether or not this call retries.
-            self.limiter.pause(wait)
+            _pause(self.limiter, wait, exc)
         elapsed = time.monotonic() - started
         delay, reason = self._schedule.next(tries, elapsed, wait)
         if delay is None:
             _note(exc, f"crewthrottle: gave up after {tries} tries in {elapsed:.2f} s: {reason}")
-            self._count("gave_up")
-            logger.warning(
-                "giving up after %d tries in %.2f s (%s): %r", tries, elapsed, reason, exc
+            self._give_up(
+                "gave_up", f"giving up after {tries} tries in {elapsed:.2f} s ({reason})", exc
             )
             return None
         if self.budget is not None and not self.budget.try_spend_retry():
             _note(exc, f"crewthrottle: retry budget spent, not retried (after {tries} tries)")
-            self._count("refused")
-            logger.warning("retry budget spent, not retrying after %d tries: %r", tries, exc)
+            self._give_up("refused", f"retry budget spent, not retrying after {tries} tries", exc)
             return None
         self._count("retried")
-        logger.info("retry %d in %.2f s after %r", tries, delay, exc)
+        logger.debug("%sretry %d in %.2f s after %r", _who(self.limiter), tries, delay, exc)
         if self.on_retry is not None:
             self.on_retry(tries, delay, exc)
         return delay
@@ -207,11 +212,35 @@ class Backoff:
         if self.limiter is not None:
             self.limiter._count_retry(event)
 
+    def _give_up(self, event: str, why: str, exc: BaseException) -> None:
+        """Count and log (WARNING, once per call given up) why ``exc`` propagates."""
+        self._count(event)
+        name = self.limiter.name if self.limiter is not None else None
+        logger.warning("%s%s: %r", _who(self.limiter), why, exc, extra={"limiter": name})
+
     def __repr__(self) -> str:
         s = self._schedule
         return (
             f"<crewthrottle.Backoff max_tries={s.max_tries} base={s.base} factor={s.factor} "
             f"max_delay={s.max_delay} max_time={s.max_time} jitter={s.jitter!r}>"
+        )
+
+
+def _who(limiter: Limiter | None) -> str:
+    return "" if limiter is None else f"limiter {limiter.name or 'unnamed'!r}: "
+
+
+def _pause(limiter: Limiter, seconds: float, exc: BaseException) -> None:
+    """Pause ``limiter``, saying so once per pause: not when a pause was already in force."""
+    already = limiter.stats()["paused_for"] > 0
+    limiter.pause(seconds)
+    if not already:
+        limiter_logger.info(
+            "%spaused for %.2f s: the provider asked to wait (%s)",
+            _who(limiter),
+            seconds,
+            type(exc).__name__,
+            extra={"limiter": limiter.name, "pause_seconds": seconds},
         )
 
 
