@@ -15,6 +15,8 @@ mod _native {
     #[pymodule_export]
     use crate::py::limiter::Limiter;
     #[pymodule_export]
+    use crate::py::limiter_shared::_limiter_snapshots;
+    #[pymodule_export]
     use crate::py::permit::Permit;
     #[pymodule_export]
     use crate::py::retry_budget::RetryBudget;

@@ -10,7 +10,9 @@
 //! that table leaves a child whose next contended lock may never return (issue 9). A futex
 //! word is ours to renew ([`ForkableMutex`]).
 
+use std::any::Any;
 use std::cell::{RefCell, UnsafeCell};
+use std::sync::Arc;
 use std::sync::{Mutex, MutexGuard, PoisonError, TryLockError, Weak};
 
 /// What survives in a forked child: the thread that forked, and the tasks of the event loop
@@ -22,12 +24,15 @@ pub struct Survivors {
 }
 
 /// Something with state to reset in a forked child.
-pub trait AfterFork: Send + Sync {
+pub trait AfterFork: Send + Sync + Any {
     /// Forgets the parent's other threads (and their event loops).
     ///
     /// # Safety
     /// Only in the child right after `fork()`, while it has a single thread.
     unsafe fn reset_in_child(&self, survivors: Survivors);
+
+    /// This item, to find items of one type among the registered ones.
+    fn as_any(&self) -> &dyn Any;
 }
 
 type Registry = Vec<Weak<dyn AfterFork>>;
@@ -52,6 +57,15 @@ pub fn register(item: Weak<dyn AfterFork>) {
         items.retain(|w| w.strong_count() > 0);
     }
     items.push(item);
+}
+
+/// Every live registered item of type `T`.
+pub fn live<T: AfterFork>() -> Vec<Arc<dyn AfterFork>> {
+    lock_registry()
+        .iter()
+        .filter_map(Weak::upgrade)
+        .filter(|item| item.as_any().is::<T>())
+        .collect()
 }
 
 /// Before `fork()`: holds the registry so no thread is half-way through registering.

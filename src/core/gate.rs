@@ -369,6 +369,10 @@ impl<R: Resource> AfterFork for Gate<R> {
         // The child's budget may serve the survivors at once (nothing is in flight here).
         self.update(|_, _| ());
     }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
 }
 
 /// In a forked child: forgets the waiters of the parent's other threads and loops, and keeps

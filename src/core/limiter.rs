@@ -17,148 +17,20 @@
 //! budget.
 
 use super::clock::{nanos_of_secs, Nanos};
-use super::error::{check_seconds, InvalidArgument, MAX_SPAN_SECS};
+use super::error::InvalidArgument;
 use super::gate::{Check, Resource};
 use super::pacer::Pacer;
-use super::sliding_window::{Receipt, SlidingWindow, MAX_AMOUNT};
+use super::sliding_window::{Receipt, SlidingWindow};
 
-/// What a `Limiter` enforces. `None` means "no limit of that kind".
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct LimiterConfig {
-    /// Permits out at once.
-    pub max_concurrent: Option<u64>,
-    /// Requests started per window.
-    pub rpm: Option<u64>,
-    /// Tokens per window.
-    pub tpm: Option<u64>,
-    /// The window, in seconds.
-    pub window: f64,
-    /// Requests that may start back to back (only with `rpm`).
-    pub burst: Option<u32>,
-    /// Extra seconds each start stays counted, for the jitter between grant and arrival.
-    pub margin: f64,
-}
+mod config;
 
-impl LimiterConfig {
-    /// Validates the arguments. `burst` defaults to about one second's share of `rpm`
-    /// (`round(rpm / window)`, at least 1, at most `rpm`); `margin` to [`default_margin`].
-    ///
-    /// # Errors
-    /// [`InvalidArgument`] naming the argument at fault.
-    pub fn new(
-        max_concurrent: Option<u64>,
-        rpm: Option<u64>,
-        tpm: Option<u64>,
-        window: f64,
-        burst: Option<u64>,
-        margin: Option<f64>,
-    ) -> Result<Self, InvalidArgument> {
-        check_seconds("window", window, true)?;
-        let margin = match margin {
-            Some(margin) => check_seconds("margin", margin, false)?,
-            None => default_margin(window),
-        };
-        if margin > window {
-            return Err(InvalidArgument::new(
-                "margin",
-                format!("must be at most the window ({window} s), got {margin}"),
-            ));
-        }
-        if window > MAX_SPAN_SECS {
-            return Err(InvalidArgument::new(
-                "window",
-                format!("must be at most {MAX_SPAN_SECS:e} seconds, got {window}"),
-            ));
-        }
-        for (name, value) in [
-            ("max_concurrent", max_concurrent),
-            ("rpm", rpm),
-            ("tpm", tpm),
-        ] {
-            if value.is_some_and(|v| v > MAX_COUNT) {
-                return Err(InvalidArgument::new(name, "must be at most 2**53"));
-            }
-            if value == Some(0) {
-                return Err(InvalidArgument::new(
-                    name,
-                    "must be >= 1 (or None for no limit), got 0",
-                ));
-            }
-        }
-        if rpm.is_some_and(|rpm| nanos_of_secs(window) / rpm == 0) {
-            return Err(InvalidArgument::new(
-                "rpm",
-                "is too high for the window: more than one request per nanosecond",
-            ));
-        }
-        let burst = match (rpm, burst) {
-            (None, None) => None,
-            (None, Some(_)) => return Err(InvalidArgument::new("burst", "only applies with rpm")),
-            (Some(rpm), None) => Some(((rpm as f64 / window).round() as u64).clamp(1, rpm)),
-            (Some(_), Some(0)) => return Err(InvalidArgument::new("burst", "must be >= 1, got 0")),
-            (Some(rpm), Some(b)) if b > rpm => {
-                return Err(InvalidArgument::new(
-                    "burst",
-                    format!("must be at most rpm ({rpm}), got {b}"),
-                ))
-            }
-            (Some(_), Some(b)) => Some(b),
-        };
-        let burst = burst
-            .map(u32::try_from)
-            .transpose()
-            .map_err(|_| InvalidArgument::new("burst", format!("must be at most {}", u32::MAX)))?;
-        Ok(LimiterConfig {
-            max_concurrent,
-            rpm,
-            tpm,
-            window,
-            burst,
-            margin,
-        })
-    }
-
-    /// The window in nanoseconds.
-    pub fn window_ns(&self) -> u64 {
-        nanos_of_secs(self.window)
-    }
-
-    /// How long a start stays counted: the window plus the margin, in nanoseconds.
-    pub fn counted_ns(&self) -> u64 {
-        nanos_of_secs(self.window + self.margin)
-    }
-
-    /// Nanoseconds between two paced requests (`window / rpm`).
-    pub fn pacing_interval_ns(&self) -> Option<u64> {
-        self.rpm.map(|rpm| self.window_ns() / rpm)
-    }
-
-    fn pacer(&self) -> Option<Pacer> {
-        Some(Pacer::new(
-            self.pacing_interval_ns()?,
-            self.burst.unwrap_or(1),
-        ))
-    }
-}
-
-/// The default margin: `window / 200` (0.3 s for a minute), at least 50 ms — the jitter
-/// between grant and arrival measured here with threads on two busy cores was up to ~11 ms —
-/// but never more than a tenth of the window.
-pub fn default_margin(window: f64) -> f64 {
-    (window / 200.0).max(0.05).min(window / 10.0)
-}
-
-/// The largest count a limit may have (2^53): sums of counts then never come near overflow.
-pub const MAX_COUNT: u64 = MAX_AMOUNT;
+pub use config::{default_margin, LimiterConfig, MAX_COUNT};
 
 /// What a caller asks a limiter for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct LimiterRequest {
     /// Tokens to reserve (0 when the call's size is unknown or `tpm` is not limited).
     pub tokens: u64,
-    /// Taken by `with limiter:`: all such grants are alike, and `__exit__` releases any one
-    /// of them through [`LimiterBudget::release_anonymous`].
-    pub anonymous: bool,
 }
 
 /// What a granted request owns: one concurrency slot and its reserved tokens.
@@ -171,30 +43,6 @@ pub struct LimiterGrant {
     tokens: Option<(Receipt, u64)>,
     /// Tokens currently charged for this grant (reserved, then corrected by `settle`).
     pub charged: u64,
-    /// Counted in `anonymous` (taken by `with limiter:`).
-    anonymous: bool,
-}
-
-/// What a retry decorator did after a failed attempt, counted in the limiter's stats.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RetryEvent {
-    /// A retry was scheduled.
-    Retried,
-    /// The decorator gave up (tries, time, or a provider's wait too long).
-    GaveUp,
-    /// A retry budget refused the retry.
-    Refused,
-}
-
-/// Counts of [`RetryEvent`]s.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct RetryCounts {
-    /// Retries scheduled.
-    pub retries: u64,
-    /// Give-ups.
-    pub give_ups: u64,
-    /// Retries refused by a budget.
-    pub refused: u64,
 }
 
 /// Live figures for `stats()`.
@@ -202,30 +50,62 @@ pub struct RetryCounts {
 pub struct LimiterFigures {
     /// Permits out now.
     pub in_flight: u64,
-    /// Tokens charged in total (reservations corrected by settles).
+    /// Tokens charged in total (reservations corrected by settles): charged less refunded.
     pub tokens_granted: u64,
+    /// Tokens ever charged: reservations, and usage above them (never goes down).
+    pub tokens_charged: u64,
+    /// Tokens ever refunded: reservations above the usage settled, abandoned grants.
+    pub tokens_refunded: u64,
     /// Requests counted in the current window (with `rpm`).
     pub requests_in_window: Option<u64>,
     /// Tokens counted in the current window (with `tpm`).
     pub tokens_in_window: Option<u64>,
-    /// What retry decorators using this limiter did.
-    pub retry_counts: RetryCounts,
+}
+
+/// Which limit a refused request met last (for `stats()` and the "pacing hard" signal).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blocked {
+    /// `max_concurrent` permits are out.
+    Concurrency,
+    /// A pause (a provider's Retry-After) is in force.
+    Pause,
+    /// The requests window is full.
+    Requests,
+    /// Requests are being spread out (`burst` used up).
+    Pacing,
+    /// The tokens window is full.
+    Tokens,
+}
+
+impl Blocked {
+    /// The name `stats()` reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Blocked::Concurrency => "max_concurrent",
+            Blocked::Pause => "pause",
+            Blocked::Requests => "rpm",
+            Blocked::Pacing => "pacing",
+            Blocked::Tokens => "tpm",
+        }
+    }
 }
 
 /// The state of a limiter.
 pub struct LimiterBudget {
     config: LimiterConfig,
     in_flight: u64,
-    /// Permits taken by `with limiter:` (all alike: no tokens), released by `__exit__`.
-    anonymous: u64,
     requests: Option<SlidingWindow>,
     pacer: Option<Pacer>,
     tokens: Option<SlidingWindow>,
     paused_until: Nanos,
     /// Bumped in a forked child: grants made before the fork no longer count there.
     generation: u64,
-    tokens_granted: u64,
-    retry_counts: RetryCounts,
+    tokens_charged: u64,
+    tokens_refunded: u64,
+    blocked: Option<Blocked>,
+    /// Grants held by `with limiter:` blocks. They reserve no tokens and are alike, so the
+    /// block's exit releases any one of them (it cannot name its own).
+    lent: Vec<LimiterGrant>,
 }
 
 impl LimiterBudget {
@@ -238,11 +118,12 @@ impl LimiterBudget {
             tokens: config.tpm.map(|tpm| SlidingWindow::new(tpm, window)),
             config,
             in_flight: 0,
-            anonymous: 0,
             paused_until: Nanos::new(0),
             generation: 0,
-            tokens_granted: 0,
-            retry_counts: RetryCounts::default(),
+            tokens_charged: 0,
+            tokens_refunded: 0,
+            blocked: None,
+            lent: Vec::new(),
         }
     }
 
@@ -258,14 +139,21 @@ impl LimiterBudget {
         }
     }
 
-    /// Releases one anonymous grant; false if there is none (e.g. taken before a fork).
-    pub fn release_anonymous(&mut self) -> bool {
-        if self.anonymous == 0 {
-            return false;
+    /// Keeps `grant` for a `with limiter:` block, to release with [`Self::release_lent`].
+    pub fn lend(&mut self, grant: LimiterGrant) {
+        self.lent.push(grant);
+    }
+
+    /// Releases one grant kept by [`Self::lend`]; false if there is none (a block entered
+    /// before a fork, exited in the child).
+    pub fn release_lent(&mut self) -> bool {
+        match self.lent.pop() {
+            Some(grant) => {
+                self.release(&grant);
+                true
+            }
+            None => false,
         }
-        self.anonymous -= 1;
-        self.in_flight = self.in_flight.saturating_sub(1);
-        true
     }
 
     /// Corrects the tokens charged for `grant` to `actual`: refunds the difference to the
@@ -277,28 +165,26 @@ impl LimiterBudget {
         if let Some(window) = &mut self.tokens {
             grant.tokens = settle_entry(window, grant.tokens, grant.charged, actual, now);
         }
-        self.tokens_granted = self
-            .tokens_granted
-            .saturating_sub(grant.charged)
-            .saturating_add(actual);
+        if actual > grant.charged {
+            self.tokens_charged = self.tokens_charged.saturating_add(actual - grant.charged);
+        } else {
+            self.tokens_refunded = self.tokens_refunded.saturating_add(grant.charged - actual);
+        }
         grant.charged = actual;
     }
 
-    /// Counts what a retry decorator did.
-    pub fn count_retry(&mut self, event: RetryEvent) {
-        let counts = &mut self.retry_counts;
-        let counter = match event {
-            RetryEvent::Retried => &mut counts.retries,
-            RetryEvent::GaveUp => &mut counts.give_ups,
-            RetryEvent::Refused => &mut counts.refused,
-        };
-        *counter += 1;
-    }
-
-    /// Grants nothing before `now + seconds`.
-    pub fn pause(&mut self, now: Nanos, seconds: f64) {
+    /// Grants nothing before `now + seconds` (a longer pause in force wins). Returns whether
+    /// this starts a pause (none was in force).
+    pub fn pause(&mut self, now: Nanos, seconds: f64) -> bool {
+        let started = self.paused_until <= now;
         let until = Nanos::new(now.as_u64().saturating_add(nanos_of_secs(seconds)));
         self.paused_until = self.paused_until.max(until);
+        started && self.paused_until > now
+    }
+
+    /// Which limit the last refused request met, if any was refused since the last grant.
+    pub fn blocked(&self) -> Option<Blocked> {
+        self.blocked
     }
 
     /// The end of the pause in force at `now`, if any.
@@ -310,24 +196,37 @@ impl LimiterBudget {
     pub fn figures(&mut self, now: Nanos) -> LimiterFigures {
         LimiterFigures {
             in_flight: self.in_flight,
-            tokens_granted: self.tokens_granted,
+            tokens_granted: self.tokens_charged.saturating_sub(self.tokens_refunded),
+            tokens_charged: self.tokens_charged,
+            tokens_refunded: self.tokens_refunded,
             requests_in_window: self.requests.as_mut().map(|w| w.used(now)),
             tokens_in_window: self.tokens.as_mut().map(|w| w.used(now)),
-            retry_counts: self.retry_counts,
         }
     }
 
-    /// The first instant at which the windows and the pause allow `tokens` more.
-    fn rate_ready_at(&mut self, tokens: u64, now: Nanos) -> Nanos {
-        let mut ready = self.paused_until.max(now);
-        if let Some(pacer) = &self.pacer {
-            ready = ready.max(pacer.ready_at(now));
-        }
-        if let Some(requests) = &mut self.requests {
-            ready = ready.max(requests.earliest(1, now).unwrap_or(ready));
-        }
-        if let (Some(window), true) = (&mut self.tokens, tokens > 0) {
-            ready = ready.max(window.earliest(tokens, now).unwrap_or(ready));
+    /// The first instant at which the windows and the pause allow `tokens` more, and the
+    /// limit that holds the request longest.
+    fn rate_ready_at(&mut self, tokens: u64, now: Nanos) -> (Nanos, Option<Blocked>) {
+        let mut ready = (now, None);
+        let mut hold = |at: Option<Nanos>, by: Blocked| {
+            if let Some(at) = at.filter(|&at| at > ready.0) {
+                ready = (at, Some(by));
+            }
+        };
+        hold(Some(self.paused_until), Blocked::Pause);
+        hold(
+            self.pacer.as_ref().map(|p| p.ready_at(now)),
+            Blocked::Pacing,
+        );
+        hold(
+            self.requests.as_mut().and_then(|w| w.earliest(1, now)),
+            Blocked::Requests,
+        );
+        if tokens > 0 {
+            hold(
+                self.tokens.as_mut().and_then(|w| w.earliest(tokens, now)),
+                Blocked::Tokens,
+            );
         }
         ready
     }
@@ -380,19 +279,20 @@ impl Resource for LimiterBudget {
             .max_concurrent
             .is_some_and(|max| self.in_flight >= max)
         {
+            self.blocked = Some(Blocked::Concurrency);
             return Check::WaitForRelease;
         }
-        let ready = self.rate_ready_at(*tokens, now);
+        let (ready, blocked) = self.rate_ready_at(*tokens, now);
         if ready > now {
+            self.blocked = blocked;
             return Check::RetryAt(ready);
         }
+        self.blocked = None;
         if let Some(pacer) = &mut self.pacer {
             pacer.record(now);
         }
         self.in_flight += 1;
-        let anonymous_grant = request.anonymous;
-        self.anonymous += u64::from(anonymous_grant);
-        self.tokens_granted = self.tokens_granted.saturating_add(*tokens);
+        self.tokens_charged = self.tokens_charged.saturating_add(*tokens);
         let request = self.requests.as_mut().map(|w| w.record(1, now));
         let token_receipt = match (&mut self.tokens, *tokens) {
             (Some(window), t) if t > 0 => Some((window.record(t, now), t)),
@@ -403,7 +303,6 @@ impl Resource for LimiterBudget {
             request,
             tokens: token_receipt,
             charged: *tokens,
-            anonymous: anonymous_grant,
         })
     }
 
@@ -417,8 +316,7 @@ impl Resource for LimiterBudget {
             pacer.refund();
         }
         self.in_flight = self.in_flight.saturating_sub(1);
-        self.anonymous -= u64::from(grant.anonymous && self.anonymous > 0);
-        self.tokens_granted = self.tokens_granted.saturating_sub(grant.charged);
+        self.tokens_refunded = self.tokens_refunded.saturating_add(grant.charged);
         if let (Some(window), Some(receipt)) = (&mut self.requests, grant.request) {
             window.refund(receipt, 1);
         }
@@ -457,7 +355,11 @@ impl Resource for LimiterBudget {
     fn after_fork_in_child(&mut self, intact: bool) {
         self.generation += 1;
         self.in_flight = 0;
-        self.anonymous = 0;
+        if intact {
+            self.lent.clear();
+        } else {
+            std::mem::forget(std::mem::take(&mut self.lent));
+        }
         if !intact {
             // Possibly half-written windows: leak them and start empty. The pacer is two plain
             // words, never half-written, so the child keeps the pace it inherited.

@@ -8,6 +8,7 @@ pub mod gate;
 pub mod limiter;
 pub mod notify;
 pub mod pacer;
+pub mod published;
 pub mod retry_budget;
 pub mod semaphore;
 pub mod sliding_window;

@@ -248,6 +248,10 @@ impl AfterFork for RetryBudget {
         // SAFETY: the caller guarantees a single-threaded child.
         unsafe { self.state.reset_in_child(|_, _| {}) };
     }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
 }
 
 #[cfg(test)]

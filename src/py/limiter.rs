@@ -2,28 +2,25 @@
 
 use std::sync::Arc;
 
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use super::args;
 use super::errors::AcquireTimeout;
-use super::fork::new_gate;
+use super::limiter_shared::{LimiterShared, RetryEvent};
 use super::permit::Permit;
 use super::semaphore::qualified_name;
-use super::stats::WaitSummary;
 use super::wait::{self, AsyncOutcome};
 use crate::core::clock::Clock;
 use crate::core::gate::Gate;
-use crate::core::limiter::{
-    LimiterBudget, LimiterConfig, LimiterGrant, LimiterRequest, RetryEvent,
-};
+use crate::core::limiter::{LimiterBudget, LimiterConfig, LimiterGrant, LimiterRequest};
 
 /// One limit shared by every thread and event loop of the process.
-#[pyclass(module = "crewthrottle", name = "Limiter", frozen)]
+#[pyclass(module = "crewthrottle", name = "Limiter", frozen, weakref)]
 pub struct Limiter {
+    shared: Arc<LimiterShared>,
     gate: Arc<Gate<LimiterBudget>>,
-    config: LimiterConfig,
-    name: Option<String>,
 }
 
 struct PermitOutcome {
@@ -41,10 +38,12 @@ impl AsyncOutcome<LimiterBudget> for PermitOutcome {
     }
 }
 
-struct AnonymousOutcome;
+/// `async with limiter:`: the grant is lent to the limiter until `__aexit__`.
+struct LentOutcome(Arc<Gate<LimiterBudget>>);
 
-impl AsyncOutcome<LimiterBudget> for AnonymousOutcome {
-    fn granted(&self, py: Python<'_>, _grant: LimiterGrant) -> PyResult<Py<PyAny>> {
+impl AsyncOutcome<LimiterBudget> for LentOutcome {
+    fn granted(&self, py: Python<'_>, grant: LimiterGrant) -> PyResult<Py<PyAny>> {
+        self.0.with_resource(|budget, _| budget.lend(grant));
         Ok(py.None())
     }
 
@@ -57,9 +56,9 @@ fn timeout_error(timeout: f64) -> PyErr {
     AcquireTimeout::new_err(format!("no permit within the timeout of {timeout} s"))
 }
 
-fn request(tokens: Option<&Bound<'_, PyAny>>, anonymous: bool) -> PyResult<LimiterRequest> {
+fn request(tokens: Option<&Bound<'_, PyAny>>) -> PyResult<LimiterRequest> {
     let tokens = args::optional_count(tokens, "tokens", 0)?.unwrap_or(0);
-    Ok(LimiterRequest { tokens, anonymous })
+    Ok(LimiterRequest { tokens })
 }
 
 impl Limiter {
@@ -102,10 +101,10 @@ impl Limiter {
                 .transpose()?,
         )?;
         let gate = Gate::new(LimiterBudget::new(config), Clock::monotonic());
+        let shared = LimiterShared::new(py, gate, config, name);
         Ok(Limiter {
-            gate: new_gate(py, gate),
-            config,
-            name,
+            gate: Arc::clone(&shared.gate),
+            shared,
         })
     }
 
@@ -117,7 +116,7 @@ impl Limiter {
         tokens: Option<&Bound<'_, PyAny>>,
         timeout: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Py<Permit>> {
-        let request = request(tokens, false)?;
+        let request = request(tokens)?;
         let secs = args::timeout(timeout)?;
         match wait::block_on(py, &self.gate, request, secs)? {
             Some(grant) => self.permit(py, grant),
@@ -132,7 +131,7 @@ impl Limiter {
         py: Python<'_>,
         tokens: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Option<Py<Permit>>> {
-        let request = request(tokens, false)?;
+        let request = request(tokens)?;
         self.gate
             .try_acquire(request)?
             .map(|grant| self.permit(py, grant))
@@ -147,7 +146,7 @@ impl Limiter {
         tokens: Option<&Bound<'_, PyAny>>,
         timeout: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Py<PyAny>> {
-        let request = request(tokens, false)?;
+        let request = request(tokens)?;
         let secs = args::timeout(timeout)?;
         let outcome = PermitOutcome {
             gate: Arc::clone(&self.gate),
@@ -157,7 +156,9 @@ impl Limiter {
     }
 
     fn __enter__(&self, py: Python<'_>) -> PyResult<()> {
-        wait::block_on(py, &self.gate, request(None, true)?, None)?;
+        if let Some(grant) = wait::block_on(py, &self.gate, LimiterRequest::default(), None)? {
+            self.gate.with_resource(|budget, _| budget.lend(grant));
+        }
         Ok(())
     }
 
@@ -167,12 +168,12 @@ impl Limiter {
         _exc: &Bound<'_, PyAny>,
         _tb: &Bound<'_, PyAny>,
     ) {
-        self.gate
-            .with_resource(|budget, _| budget.release_anonymous());
+        self.gate.with_resource(|budget, _| budget.release_lent());
     }
 
     fn __aenter__(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        wait::acquire_async(py, &self.gate, request(None, true)?, None, AnonymousOutcome)
+        let outcome = LentOutcome(Arc::clone(&self.gate));
+        wait::acquire_async(py, &self.gate, LimiterRequest::default(), None, outcome)
     }
 
     fn __aexit__(
@@ -182,8 +183,7 @@ impl Limiter {
         _exc: &Bound<'_, PyAny>,
         _tb: &Bound<'_, PyAny>,
     ) -> PyResult<Py<PyAny>> {
-        self.gate
-            .with_resource(|budget, _| budget.release_anonymous());
+        self.gate.with_resource(|budget, _| budget.release_lent());
         wait::ready(py, py.None())
     }
 
@@ -207,84 +207,64 @@ impl Limiter {
     }
 
     /// Grants nothing for `seconds` (a provider said Retry-After); a longer pause wins.
-    fn pause(&self, seconds: &Bound<'_, PyAny>) -> PyResult<()> {
+    /// Returns whether this started a pause (none was in force).
+    fn pause(&self, seconds: &Bound<'_, PyAny>) -> PyResult<bool> {
         let seconds = args::seconds(seconds, "seconds", false)?;
-        self.gate
-            .with_resource(|budget, now| budget.pause(now, seconds));
-        Ok(())
+        Ok(self
+            .gate
+            .with_resource(|budget, now| budget.pause(now, seconds)))
     }
 
     /// Live figures: in_flight, waiting, acquired, timeouts, cancelled, tokens_granted,
-    /// requests_in_window, tokens_in_window, paused_for, total_wait, max_wait (seconds).
+    /// tokens_charged, tokens_refunded, requests_in_window, tokens_in_window, paused_for,
+    /// blocked_by, total_wait, max_wait, wait_p50, wait_p90, wait_p99 (seconds), and the
+    /// retry layer's retries, give_ups, retries_refused, rate_limit_errors.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let (figures, paused_for, summary) = self.gate.inspect(|budget, waits, now| {
-            let paused = budget
-                .paused_until(now)
-                .map_or(0.0, |until| (until.as_u64() - now.as_u64()) as f64 / 1e9);
-            (budget.figures(now), paused, WaitSummary::of(waits, now))
-        });
-        let stats = summary.to_dict(py)?;
-        stats.set_item("in_flight", figures.in_flight)?;
-        stats.set_item("tokens_granted", figures.tokens_granted)?;
-        stats.set_item("requests_in_window", figures.requests_in_window)?;
-        stats.set_item("tokens_in_window", figures.tokens_in_window)?;
-        stats.set_item("paused_for", paused_for)?;
-        stats.set_item("retries", figures.retry_counts.retries)?;
-        stats.set_item("give_ups", figures.retry_counts.give_ups)?;
-        stats.set_item("retries_refused", figures.retry_counts.refused)?;
-        Ok(stats)
+        self.shared.stats(py)
     }
 
-    /// Counts a retry decorator's decision ("retried", "gave_up" or "refused") in `stats()`.
+    /// Counts a retry layer's event ("retried", "gave_up", "refused" or "rate_limited") in
+    /// `stats()`.
     fn _count_retry(&self, event: &str) -> PyResult<()> {
-        let event = match event {
-            "retried" => RetryEvent::Retried,
-            "gave_up" => RetryEvent::GaveUp,
-            "refused" => RetryEvent::Refused,
-            other => {
-                return Err(pyo3::exceptions::PyValueError::new_err(format!(
-                    "unknown retry event {other:?}"
-                )))
-            }
-        };
-        self.gate
-            .with_resource(|budget, _| budget.count_retry(event));
+        let event = RetryEvent::named(event)
+            .ok_or_else(|| PyValueError::new_err(format!("unknown retry event {event:?}")))?;
+        self.shared.count_retry(event);
         Ok(())
     }
 
     #[getter]
     fn name(&self) -> Option<&str> {
-        self.name.as_deref()
+        self.shared.name.as_deref()
     }
 
     #[getter]
     fn max_concurrent(&self) -> Option<u64> {
-        self.config.max_concurrent
+        self.shared.config.max_concurrent
     }
 
     #[getter]
     fn rpm(&self) -> Option<u64> {
-        self.config.rpm
+        self.shared.config.rpm
     }
 
     #[getter]
     fn tpm(&self) -> Option<u64> {
-        self.config.tpm
+        self.shared.config.tpm
     }
 
     #[getter]
     fn window(&self) -> f64 {
-        self.config.window
+        self.shared.config.window
     }
 
     #[getter]
     fn burst(&self) -> Option<u32> {
-        self.config.burst
+        self.shared.config.burst
     }
 
     #[getter]
     fn margin(&self) -> f64 {
-        self.config.margin
+        self.shared.config.margin
     }
 
     /// A limiter is shared, never copied: CrewAI copies crews and agents deeply.
@@ -305,12 +285,13 @@ impl Limiter {
             window,
             burst,
             margin,
-        } = this.config;
+        } = this.shared.config;
         let (in_flight, waiting) = this
             .gate
             .inspect(|budget, waits, now| (budget.figures(now).in_flight, waits.waiting));
         let show = |v: Option<u64>| v.map_or_else(|| "None".to_owned(), |v| v.to_string());
         let name = this
+            .shared
             .name
             .as_ref()
             .map(|n| format!(" {n:?}"))

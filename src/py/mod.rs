@@ -5,6 +5,7 @@ pub mod backoff;
 pub mod errors;
 pub mod fork;
 pub mod limiter;
+pub mod limiter_shared;
 pub mod permit;
 pub mod retry_budget;
 pub mod semaphore;

@@ -7,6 +7,9 @@ use crate::core::clock::Nanos;
 use crate::core::gate::{GateCounters, WaitFigures};
 use crate::core::wait_times::CUMULATIVE_BOUNDS;
 
+/// `None` in a published word.
+const ABSENT: u64 = u64::MAX;
+
 /// The quantiles of recent waits that `stats()` reports, as `wait_p50`, `wait_p90`, `wait_p99`.
 const QUANTILES: [f64; 3] = [0.5, 0.9, 0.99];
 
@@ -60,6 +63,49 @@ impl WaitSummary {
             .chain([f64::INFINITY])
             .zip(self.cumulative.iter().copied())
             .collect()
+    }
+
+    /// The words these figures take in a published snapshot.
+    pub const WORDS: usize = 9 + CUMULATIVE_BOUNDS.len() + 1;
+
+    /// These figures as words, for a published snapshot.
+    pub fn to_words(&self) -> [u64; Self::WORDS] {
+        let c = &self.counters;
+        let q = self.quantiles.unwrap_or([ABSENT; 3]);
+        let head = [
+            self.waiting as u64,
+            c.acquired,
+            c.timeouts,
+            c.cancelled,
+            c.total_wait_ns,
+            c.max_wait_ns,
+            q[0],
+            q[1],
+            q[2],
+        ];
+        let mut words = [0; Self::WORDS];
+        words[..head.len()].copy_from_slice(&head);
+        words[head.len()..].copy_from_slice(&self.cumulative);
+        words
+    }
+
+    /// Figures from [`Self::to_words`]'s words.
+    pub fn from_words(words: &[u64]) -> Self {
+        let word = |i: usize| words.get(i).copied().unwrap_or(0);
+        let counters = GateCounters {
+            acquired: word(1),
+            timeouts: word(2),
+            cancelled: word(3),
+            total_wait_ns: word(4),
+            max_wait_ns: word(5),
+        };
+        let quantiles = [word(6), word(7), word(8)];
+        WaitSummary {
+            counters,
+            waiting: word(0) as usize,
+            quantiles: (quantiles[0] != ABSENT).then_some(quantiles),
+            cumulative: std::array::from_fn(|i| word(9 + i)),
+        }
     }
 
     /// A new `stats()` dict holding these figures.

@@ -18,10 +18,7 @@ fn limiter(
 }
 
 fn req(tokens: u64) -> LimiterRequest {
-    LimiterRequest {
-        tokens,
-        anonymous: false,
-    }
+    LimiterRequest { tokens }
 }
 
 fn granted(check: Check<LimiterGrant>) -> LimiterGrant {
@@ -40,13 +37,7 @@ fn saturate(budget: &mut LimiterBudget, clock: &Clock, tokens: u64, until: u64) 
         if now.as_u64() >= until {
             return starts;
         }
-        match budget.try_take(
-            &LimiterRequest {
-                tokens,
-                anonymous: false,
-            },
-            now,
-        ) {
+        match budget.try_take(&LimiterRequest { tokens }, now) {
             Check::Granted(grant) => {
                 starts.push(now.as_u64());
                 budget.release(&grant);
@@ -201,21 +192,79 @@ fn grants_from_before_a_fork_do_not_count_in_the_child() {
 }
 
 #[test]
-fn anonymous_grants_release_in_any_order() {
-    let (mut b, clock) = limiter(Some(2), None, None, 60.0, None);
+fn lent_grants_release_in_any_order() {
+    let (mut b, clock) = limiter(Some(2), Some(10), None, 60.0, Some(2));
     for _ in 0..2 {
-        granted(b.try_take(
-            &LimiterRequest {
-                tokens: 0,
-                anonymous: true,
-            },
-            clock.now(),
-        ));
+        let grant = granted(b.try_take(&req(0), clock.now()));
+        b.lend(grant);
     }
-    assert!(b.release_anonymous());
-    assert!(b.release_anonymous());
-    assert!(!b.release_anonymous());
-    assert_eq!(b.figures(clock.now()).in_flight, 0);
+    assert!(b.release_lent());
+    assert!(b.release_lent());
+    assert!(!b.release_lent());
+    let figures = b.figures(clock.now());
+    assert_eq!(
+        (figures.in_flight, figures.requests_in_window),
+        (0, Some(2))
+    );
+}
+
+#[test]
+fn lent_grants_from_before_a_fork_release_nothing_in_the_child() {
+    let (mut b, clock) = limiter(Some(1), None, None, 60.0, None);
+    let grant = granted(b.try_take(&req(0), clock.now()));
+    b.lend(grant);
+    b.after_fork_in_child(true);
+    granted(b.try_take(&req(0), clock.now()));
+    assert!(!b.release_lent(), "the parent's block holds nothing here");
+    assert_eq!(b.figures(clock.now()).in_flight, 1);
+}
+
+#[test]
+fn pause_says_whether_it_started_one() {
+    let (mut b, clock) = limiter(None, Some(10), None, 60.0, None);
+    assert!(b.pause(clock.now(), 2.0));
+    assert!(!b.pause(clock.now(), 5.0), "extends the pause in force");
+    clock.advance(Duration::from_secs(5));
+    assert!(b.pause(clock.now(), 1.0));
+    assert!(
+        !b.pause(clock.now() + Duration::from_secs(2), 0.0),
+        "a zero pause starts none"
+    );
+}
+
+#[test]
+fn the_limit_that_holds_a_request_is_named() {
+    let (mut b, clock) = limiter(Some(1), Some(2), Some(10), 1.0, Some(2));
+    let g = granted(b.try_take(&req(10), clock.now()));
+    assert_eq!(b.try_take(&req(1), clock.now()), Check::WaitForRelease);
+    assert_eq!(b.blocked(), Some(Blocked::Concurrency));
+    b.release(&g);
+    assert!(matches!(
+        b.try_take(&req(1), clock.now()),
+        Check::RetryAt(_)
+    ));
+    assert_eq!(b.blocked(), Some(Blocked::Tokens));
+    b.pause(clock.now(), 5.0);
+    assert!(matches!(
+        b.try_take(&req(1), clock.now()),
+        Check::RetryAt(_)
+    ));
+    assert_eq!(b.blocked().map(Blocked::name), Some("pause"));
+}
+
+#[test]
+fn tokens_charged_and_refunded_only_grow() {
+    let (mut b, clock) = limiter(None, None, Some(1000), 60.0, None);
+    let mut g = granted(b.try_take(&req(100), clock.now()));
+    b.settle(&mut g, 40, clock.now());
+    b.settle(&mut g, 70, clock.now());
+    let other = granted(b.try_take(&req(50), clock.now()));
+    b.give_back(other, clock.now());
+    let f = b.figures(clock.now());
+    assert_eq!(
+        (f.tokens_charged, f.tokens_refunded, f.tokens_granted),
+        (180, 110, 70)
+    );
 }
 
 #[test]
@@ -305,19 +354,6 @@ fn excess_after_the_entry_left_the_window_is_charged_now() {
     clock.advance(Duration::from_millis(1500));
     b.settle(&mut a, 30, clock.now());
     assert_eq!(b.figures(clock.now()).tokens_in_window, Some(20));
-}
-
-#[test]
-fn an_abandoned_anonymous_grant_leaves_no_anonymous_count_behind() {
-    let (mut b, clock) = limiter(Some(2), None, None, 60.0, None);
-    let anonymous = LimiterRequest {
-        tokens: 0,
-        anonymous: true,
-    };
-    let grant = granted(b.try_take(&anonymous, clock.now()));
-    b.give_back(grant, clock.now());
-    assert!(!b.release_anonymous(), "nothing anonymous is held");
-    assert_eq!(b.figures(clock.now()).in_flight, 0);
 }
 
 #[test]
