@@ -24,6 +24,7 @@ use std::fmt;
 use std::time::Duration;
 
 use super::clock::{nanos_of, Clock};
+use super::error::MAX_SPAN_SECS;
 use super::fork::{AfterFork, ForkableMutex};
 
 /// The number of slices the window is cut into.
@@ -42,7 +43,7 @@ pub enum BudgetError {
     Ratio(f64),
     /// `min_retries_per_s` was negative or not finite.
     MinRetriesPerSec(f64),
-    /// `window` was zero.
+    /// `window` was zero or longer than [`MAX_SPAN_SECS`].
     Window(Duration),
 }
 
@@ -55,7 +56,11 @@ impl fmt::Display for BudgetError {
             BudgetError::MinRetriesPerSec(v) => {
                 write!(f, "min_retries_per_s must be a finite number >= 0, got {v}")
             }
-            BudgetError::Window(v) => write!(f, "window must be > 0 seconds, got {v:?}"),
+            BudgetError::Window(v) => write!(
+                f,
+                "window must be between 1e-9 and {MAX_SPAN_SECS:e} seconds, got {} s",
+                v.as_secs_f64()
+            ),
         }
     }
 }
@@ -140,7 +145,7 @@ impl RetryBudget {
     ///
     /// # Errors
     /// A [`BudgetError`] naming the first argument out of range: `0 <= ratio <= 1000`,
-    /// `min_retries_per_s >= 0`, both finite; `window > 0`.
+    /// `min_retries_per_s >= 0`, both finite; `1 ns <= window <= MAX_SPAN_SECS`.
     pub fn new(
         ratio: f64,
         min_retries_per_s: f64,
@@ -153,7 +158,7 @@ impl RetryBudget {
         if !(min_retries_per_s.is_finite() && min_retries_per_s >= 0.0) {
             return Err(BudgetError::MinRetriesPerSec(min_retries_per_s));
         }
-        if window.is_zero() {
+        if window.is_zero() || window.as_secs_f64() > MAX_SPAN_SECS {
             return Err(BudgetError::Window(window));
         }
         Ok(RetryBudget {
@@ -291,7 +296,9 @@ mod tests {
         }
         assert!(err(RetryBudget::new(0.2, 0.0, Duration::ZERO, c())).starts_with("window"));
         assert!(RetryBudget::new(MAX_RATIO, 0.0, Duration::from_nanos(1), c()).is_ok());
-        assert!(RetryBudget::new(0.0, 0.0, Duration::MAX, c()).is_ok());
+        assert!(RetryBudget::new(0.0, 0.0, Duration::MAX, c()).is_err());
+        let longest = Duration::from_secs(MAX_SPAN_SECS as u64);
+        assert!(RetryBudget::new(MAX_RATIO, f64::MAX, longest, c()).is_ok());
     }
 
     #[test]

@@ -4,7 +4,7 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyFloat, PyInt};
 
-use crate::core::error::check_seconds;
+use crate::core::error::{check_seconds, check_span};
 
 /// A whole number `>= min` (bools and floats are refused: a count is an `int`).
 pub fn count(obj: &Bound<'_, PyAny>, name: &str, min: u64) -> PyResult<u64> {
@@ -56,9 +56,10 @@ pub fn number(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<f64> {
     obj.extract::<f64>()
 }
 
-/// A duration in seconds, finite and `>= 0` (or `> 0` when `positive`).
+/// A span in seconds (a window, a period, a pause): `>= 0` (or `> 0` when `positive`) and at
+/// most `MAX_SPAN_SECS`, so that no deadline computed from it can overflow.
 pub fn seconds(obj: &Bound<'_, PyAny>, name: &'static str, positive: bool) -> PyResult<f64> {
-    Ok(check_seconds(name, number(obj, name)?, positive)?)
+    Ok(check_span(name, number(obj, name)?, positive)?)
 }
 
 /// A timeout: `None` (or infinity) waits forever; otherwise seconds `>= 0`.

@@ -214,6 +214,11 @@ impl Limiter {
         Ok(())
     }
 
+    /// Lifts a pause (`pause()`, or a provider's Retry-After through `backoff`) at once.
+    fn resume(&self) {
+        self.gate.with_resource(|budget, _| budget.resume());
+    }
+
     /// Live figures: in_flight, waiting, acquired, timeouts, cancelled, tokens_granted,
     /// requests_in_window, tokens_in_window, paused_for, total_wait, max_wait (seconds).
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {

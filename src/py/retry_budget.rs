@@ -45,13 +45,10 @@ impl RetryBudget {
             .map(|w| args::seconds(w, "window", true))
             .transpose()?
             .unwrap_or(10.0);
-        let budget = retry_budget::RetryBudget::new(
-            ratio,
-            floor,
-            Duration::from_secs_f64(window),
-            Clock::monotonic(),
-        )
-        .map_err(|e| PyValueError::new_err(e.to_string()))?;
+        // In range (checked above), so only a window below a nanosecond fails: as zero.
+        let window = Duration::try_from_secs_f64(window).unwrap_or(Duration::ZERO);
+        let budget = retry_budget::RetryBudget::new(ratio, floor, window, Clock::monotonic())
+            .map_err(|e| PyValueError::new_err(e.to_string()))?;
         let budget = Arc::new(budget);
         let weak = Arc::downgrade(&budget) as std::sync::Weak<dyn AfterFork>;
         py.detach(|| fork::register(weak));
