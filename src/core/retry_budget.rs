@@ -192,8 +192,9 @@ impl RetryBudget {
     pub fn record_call(&self) {
         let mut state = self.state.lock();
         let epoch = self.epoch();
-        state.current(epoch).calls += 1;
-        state.totals.calls += 1;
+        let slot = state.current(epoch);
+        slot.calls = slot.calls.saturating_add(1);
+        state.totals.calls = state.totals.calls.saturating_add(1);
     }
 
     /// Spends one retry if the budget allows it; `false` means do not retry.
@@ -205,10 +206,11 @@ impl RetryBudget {
         let (calls, retries) = state.live();
         let allowed = self.allowance(calls) >= retries.saturating_add(1).saturating_mul(UNIT);
         if allowed {
-            state.current(epoch).retries += 1;
-            state.totals.retries += 1;
+            let slot = state.current(epoch);
+            slot.retries = slot.retries.saturating_add(1);
+            state.totals.retries = state.totals.retries.saturating_add(1);
         } else {
-            state.totals.refused += 1;
+            state.totals.refused = state.totals.refused.saturating_add(1);
         }
         allowed
     }
