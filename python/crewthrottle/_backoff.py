@@ -66,10 +66,10 @@ class Backoff:
     longer than ``max_delay``, or past ``max_time``, gives up at once. With ``limiter``, the
     provider's wait pauses every caller sharing it, for at most the longer of ``max_delay``
     and the limiter's ``window`` (a rate limit resets within its window: an absurd
-    ``Retry-After`` cannot stop the limiter for years; ``limiter.resume()`` lifts a pause); with ``budget`` (a :class:`RetryBudget`), retries are
-    capped at a share of calls. When it gives up, the original exception propagates with a
-    note. ``on_retry(attempt, delay, exc)`` is called before each sleep; ``seed`` makes the
-    jitter repeatable.
+    ``Retry-After`` cannot stop the limiter for years; ``limiter.resume()`` lifts a pause);
+    with ``budget`` (a :class:`RetryBudget`), retries are capped at a share of calls. When it
+    gives up, the original exception propagates with a note. ``on_retry(attempt, delay, exc)``
+    is called before each sleep; ``seed`` makes the jitter repeatable.
 
     Ranges (a ``ValueError`` naming the argument outside them, a ``TypeError`` for a bool
     or a non-number): ``1 <= max_tries <= 2**32 - 1``; ``base >= 0`` and finite;
