@@ -15,6 +15,9 @@ use crate::core::retry_budget;
 
 /// Caps retries at `ratio` of the calls of the last `window` seconds, plus
 /// `min_retries_per_s`, shared by every thread and task (gRPC retry throttling, Finagle).
+///
+/// Ranges (ValueError outside them): 0 <= `ratio` <= 1000; `min_retries_per_s` finite and
+/// >= 0; 1e-9 <= `window` <= 1e9 seconds.
 #[pyclass(module = "crewthrottle", name = "RetryBudget", frozen)]
 pub struct RetryBudget {
     budget: Arc<retry_budget::RetryBudget>,

@@ -15,6 +15,8 @@ use crate::core::gate::Gate;
 use crate::core::semaphore::SemaphoreCount;
 
 /// A counting semaphore shared by threads and event loops; waiters are served in order.
+/// Takes every argument `threading.Semaphore` takes, with its meaning (the differences are
+/// in the README and `_native.pyi`).
 ///
 /// Like `threading.Semaphore` (a plain Python class), it is set up by `__init__`, so a
 /// subclass may take arguments of its own and call `super().__init__(value)`; `__new__`
