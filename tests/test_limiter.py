@@ -209,3 +209,19 @@ def test_settle_refuses_absurd_usage_instead_of_wedging_the_window() -> None:
     with pytest.raises(ValueError, match="actual_tokens"):
         permit.settle(-1)
     assert limiter.stats()["tokens_in_window"] == 10
+
+
+def test_endless_huge_settles_never_wrap_the_token_count() -> None:
+    # Issue 9: repeated huge settle() values wrapped the window's 64-bit token count, after
+    # which every token request timed out forever. They saturate now, and leave with the window.
+    limiter = ct.Limiter(tpm=1_000, window=0.5, margin=0.0)
+    permits = [limiter.acquire() for _ in range(3_000)]  # no tokens reserved: none wait
+    for permit in permits:
+        permit.settle(2**53)  # 3,000 * 2**53 > 2**64
+        permit.release()
+    assert limiter.stats()["tokens_in_window"] >= 1_000
+    with pytest.raises(ct.AcquireTimeout):
+        limiter.acquire(tokens=1, timeout=0.1)
+    time.sleep(0.5)  # the window passes: every huge entry leaves it
+    assert limiter.stats()["tokens_in_window"] == 0
+    limiter.acquire(tokens=1_000, timeout=1).release()

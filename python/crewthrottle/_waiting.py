@@ -1,9 +1,11 @@
 """The Python half of async waiting: awaits a native ticket without blocking the loop.
 
-The native gate wakes the head of its queue through ``loop.call_soon_threadsafe`` (any thread,
-any loop), and only the head sets a loop timer, for the instant a rate limit lets it through.
-Whatever ends the wait early (cancellation, an error, the coroutine being closed) abandons
-the ticket, which gives back a grant made at that very moment.
+The native gate wakes a waiting task through ``loop.call_soon_threadsafe`` (from any thread,
+for any loop), and a task sets a loop timer only when the gate asks it to: the first waiter of
+each event loop ahead of the first waiting thread watches the instant a rate limit lets the head
+of the queue through. Whatever ends the wait early (cancellation, an error, the coroutine being
+closed) abandons the ticket, which gives back a grant made at that very moment; so does a loop
+that is closed with the task still waiting (the gate notices when it cannot wake it).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ T = TypeVar("T")
 
 
 def wake(future: asyncio.Future[None]) -> None:
-    """Resolve ``future`` unless it is already done (called on its loop)."""
+    """Resolve ``future`` unless it is already done (called on its loop by its timer)."""
     if not future.done():
         future.set_result(None)
 

@@ -105,6 +105,11 @@ impl<T> ForkableMutex<T> {
         self.mutex().lock()
     }
 
+    /// Locks it if it is free this instant.
+    pub fn try_lock(&self) -> Option<MutexGuard<'_, T>> {
+        self.mutex().try_lock()
+    }
+
     fn mutex(&self) -> &Mutex<T> {
         // SAFETY: the cell is only replaced in a single-threaded child with no guard alive.
         unsafe { &*self.cell.get() }

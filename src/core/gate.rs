@@ -1,20 +1,31 @@
-//! The one waiting engine behind every primitive: a FIFO queue of waiters in front of a
-//! [`Resource`] that decides, without blocking, whether a request can be granted now.
+//! The one waiting engine behind every in-memory primitive: a FIFO queue of waiters in front
+//! of a [`Resource`] that decides, without blocking, whether a request can be granted now.
 //!
 //! The gate decides; the edges (threads, event loops) wait. A call never blocks: it answers
-//! *granted*, or *queued* with a ticket that the caller polls when its [`Waker`] fires or its
+//! *granted*, or *queued* with a ticket that the caller polls when its [`Notify`] fires or its
 //! retry instant passes. Grants are handed to waiters strictly first come, first served (a
-//! large request at the head is not overtaken by small ones, as in tokio's `Semaphore`), and
-//! only the head of the queue needs a timer — plus the next waiter, a backstop a little later
-//! in case the head's event loop is busy — so a thousand idle waiters cost nothing.
-//! Wakers are always called after the lock is dropped: they may call into Python.
+//! large request at the head is not overtaken by small ones, as in tokio's `Semaphore`).
+//!
+//! Liveness does not depend on any one waiter (issue 9). Every call serves the queue first, so
+//! whoever touches the gate moves it. A rate limit that holds the head is watched by one
+//! waiter per independent context (see [`watch`]), so a blocked event loop cannot stall a
+//! waiter elsewhere, while a thousand idle waiters still cost nothing. A waiter that can never
+//! run again (its event loop closed) is found when it is woken, and its grant goes back at
+//! once. A grant picked up late — its thread or loop was busy — is re-dated to the moment it is
+//! taken, or taken back if too late to honour ([`Resource::pick_up`]). Notifications are always
+//! sent after the lock is dropped: they may call into Python.
 
 use std::collections::{BTreeMap, HashMap};
-use std::task::Waker;
 
 use super::clock::{Clock, Nanos};
 use super::error::InvalidArgument;
 use super::fork::{AfterFork, ForkableMutex};
+use super::notify::{Context, Delivery, Notifier};
+use super::wait_times::WaitTimes;
+
+pub mod watch;
+
+use watch::Watch;
 
 /// What a resource says about a request at an instant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +57,15 @@ pub trait Resource: Send + 'static {
     /// Returns a grant that its owner no longer needs (released, cancelled, timed out).
     fn give_back(&mut self, grant: Self::Grant, now: Nanos);
 
+    /// A grant made at `granted` for a queued waiter is taken by it at `now`. A resource that
+    /// counts starts re-dates the grant to `now` (the request starts when its waiter runs, not
+    /// when it was chosen), or gives it back and returns `None` when it is too late to honour;
+    /// the waiter then stays first in line. The default keeps the grant as it is.
+    fn pick_up(&mut self, grant: Self::Grant, granted: Nanos, now: Nanos) -> Option<Self::Grant> {
+        let _ = (granted, now);
+        Some(grant)
+    }
+
     /// Called in a forked child. `intact` is false when another thread of the parent held
     /// the lock at the moment of the fork, so dynamic state may be half-written: rebuild it
     /// from configuration without dropping (or reading) the old parts.
@@ -70,9 +90,9 @@ pub enum Acquired<G> {
 pub enum Polled<G> {
     /// The grant is yours.
     Ready(G),
-    /// Still waiting: poll again when woken, or at this instant if one is given.
+    /// Still waiting: poll again when notified, or at this instant if one is given.
     Pending(Option<Nanos>),
-    /// The gate no longer knows this ticket (cancelled, or its process forked).
+    /// The gate no longer knows this ticket (abandoned, or its process forked).
     Unknown,
 }
 
@@ -83,16 +103,18 @@ pub enum Abandon {
     Timeout,
     /// Cancelled (asyncio cancellation, KeyboardInterrupt, an error while waiting).
     Cancelled,
+    /// It can never run again (its event loop was closed); counted as cancelled.
+    Gone,
 }
 
 /// Counters kept by every gate.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct GateCounters {
-    /// Grants made, at once or after waiting.
+    /// Grants taken by their callers, at once or after waiting.
     pub acquired: u64,
     /// Waits that ended by timeout.
     pub timeouts: u64,
-    /// Waits that were cancelled.
+    /// Waits that were cancelled, or whose event loop closed under them.
     pub cancelled: u64,
     /// Total time granted requests spent queued, in nanoseconds.
     pub total_wait_ns: u64,
@@ -100,20 +122,50 @@ pub struct GateCounters {
     pub max_wait_ns: u64,
 }
 
+/// What a gate reports about waiting, for `stats()`.
+pub struct WaitFigures<'a> {
+    /// The counters.
+    pub counters: GateCounters,
+    /// Waiters queued now.
+    pub waiting: usize,
+    /// Recent and cumulative wait times.
+    pub times: &'a WaitTimes,
+}
+
 struct Waiter<Req> {
     request: Req,
-    waker: Option<Waker>,
-    /// The instant this waiter will poll again by itself (None: only when woken).
+    /// How to wake it; taken when it is woken, set again when it polls.
+    notifier: Option<Notifier>,
+    context: Option<Context>,
+    /// The instant this waiter will poll again by itself (None: only when notified).
     armed: Option<Nanos>,
+    since: Nanos,
+}
+
+/// A grant made for a queued waiter, kept until the waiter takes it.
+struct Handed<Req, G> {
+    grant: G,
+    request: Req,
+    granted: Nanos,
     since: Nanos,
 }
 
 struct State<R: Resource> {
     resource: R,
     queue: BTreeMap<u64, Waiter<R::Request>>,
-    handed: HashMap<u64, R::Grant>,
+    handed: HashMap<u64, Handed<R::Request, R::Grant>>,
+    watch: Watch,
     next_ticket: u64,
     counters: GateCounters,
+    times: WaitTimes,
+}
+
+/// What a call under the lock leaves to do once the lock is dropped: waiters to notify, and
+/// notifiers to drop (dropping one may release Python objects, which may run Python code).
+#[derive(Default)]
+struct Outbox {
+    wake: Vec<(u64, Notifier)>,
+    drop: Vec<Notifier>,
 }
 
 /// A FIFO queue of waiters in front of a resource. Thread-safe; all methods take `&self`.
@@ -129,8 +181,10 @@ impl<R: Resource> Gate<R> {
             resource,
             queue: BTreeMap::new(),
             handed: HashMap::new(),
+            watch: Watch::default(),
             next_ticket: 0,
             counters: GateCounters::default(),
+            times: WaitTimes::default(),
         };
         Gate {
             state: ForkableMutex::new(state),
@@ -151,24 +205,20 @@ impl<R: Resource> Gate<R> {
         self.state.lock().resource.validate(request)
     }
 
-    /// Grants `request` now if nobody is queued and the resource allows it.
+    /// Grants `request` now if nobody is queued (once the queue has been served) and the
+    /// resource allows it.
     ///
     /// # Errors
     /// [`InvalidArgument`] if the request can never be granted.
     pub fn try_acquire(&self, request: R::Request) -> Result<Option<R::Grant>, InvalidArgument> {
-        let now = self.clock.now();
-        let mut st = self.state.lock();
-        st.resource.validate(&request)?;
-        if !st.queue.is_empty() {
-            return Ok(None);
-        }
-        match st.resource.try_take(&request, now) {
-            Check::Granted(grant) => {
-                st.counters.acquired += 1;
-                Ok(Some(grant))
+        self.locked(|st, now, outbox| {
+            st.resource.validate(&request)?;
+            dispatch(st, now, outbox);
+            if !st.queue.is_empty() {
+                return Ok(None);
             }
-            _ => Ok(None),
-        }
+            Ok(take_now(st, &request, now))
+        })
     }
 
     /// Grants `request` now, or queues it behind everyone already waiting.
@@ -176,75 +226,58 @@ impl<R: Resource> Gate<R> {
     /// # Errors
     /// [`InvalidArgument`] if the request can never be granted.
     pub fn acquire(&self, request: R::Request) -> Result<Acquired<R::Grant>, InvalidArgument> {
-        let now = self.clock.now();
-        let mut st = self.state.lock();
-        st.resource.validate(&request)?;
-        if st.queue.is_empty() {
-            if let Check::Granted(grant) = st.resource.try_take(&request, now) {
-                st.counters.acquired += 1;
-                return Ok(Acquired::Now(grant));
+        self.locked(|st, now, outbox| {
+            st.resource.validate(&request)?;
+            dispatch(st, now, outbox);
+            if st.queue.is_empty() {
+                if let Some(grant) = take_now(st, &request, now) {
+                    return Ok(Acquired::Now(grant));
+                }
             }
-        }
-        let id = st.next_ticket;
-        st.next_ticket += 1;
-        let waiter = Waiter {
-            request,
-            waker: None,
-            armed: None,
-            since: now,
-        };
-        st.queue.insert(id, waiter);
-        Ok(Acquired::Queued(Ticket(id)))
+            let id = st.next_ticket;
+            st.next_ticket += 1;
+            let waiter = Waiter {
+                request,
+                notifier: None,
+                context: None,
+                armed: None,
+                since: now,
+            };
+            st.queue.insert(id, waiter);
+            Ok(Acquired::Queued(Ticket(id)))
+        })
     }
 
-    /// Checks a queued ticket: hands over its grant if it has one, else registers `waker`
+    /// Checks a queued ticket: hands over its grant if it has one, else registers `notifier`
     /// and says when to poll again.
     ///
     /// # Cancel safety
-    /// A grant made for a ticket stays with the gate until polled or cancelled; cancelling
+    /// A grant made for a ticket stays with the gate until polled or abandoned; abandoning
     /// a granted ticket gives the grant back, so nothing is lost whichever comes first.
-    pub fn poll(&self, ticket: Ticket, waker: &Waker) -> Polled<R::Grant> {
-        let now = self.clock.now();
-        let mut wake = Vec::new();
-        let polled = {
-            let mut st = self.state.lock();
-            let head_retry = dispatch(&mut st, now, &mut wake);
-            if let Some(grant) = st.handed.remove(&ticket.0) {
-                Polled::Ready(grant)
-            } else {
-                let place = st.queue.keys().take(2).position(|id| *id == ticket.0);
-                match st.queue.get_mut(&ticket.0) {
-                    Some(waiter) => {
-                        waiter.armed = match place {
-                            Some(0) => head_retry,
-                            Some(1) => head_retry.map(backstop),
-                            _ => None,
-                        };
-                        if !waiter.waker.as_ref().is_some_and(|w| w.will_wake(waker)) {
-                            waiter.waker = Some(waker.clone());
-                        }
-                        Polled::Pending(waiter.armed)
+    pub fn poll(&self, ticket: Ticket, notifier: &Notifier) -> Polled<R::Grant> {
+        self.locked(|st, now, outbox| {
+            let mut head_retry = dispatch(st, now, outbox);
+            if let Some(handed) = st.handed.remove(&ticket.0) {
+                if let Some(grant) = pick_up(st, ticket.0, handed, now) {
+                    return Polled::Ready(grant);
+                }
+                // Too late to honour: it waits again, first in line.
+                head_retry = dispatch(st, now, outbox);
+                if let Some(handed) = st.handed.remove(&ticket.0) {
+                    if let Some(grant) = pick_up(st, ticket.0, handed, now) {
+                        return Polled::Ready(grant);
                     }
-                    None => Polled::Unknown,
                 }
             }
-        };
-        wake_all(wake);
-        polled
+            register(st, ticket.0, notifier, head_retry, outbox)
+        })
     }
 
     /// Stops waiting on `ticket`; a grant made for it meanwhile is given back.
     pub fn abandon(&self, ticket: Ticket, why: Abandon) {
-        self.update(|st, now| {
-            if let Some(grant) = st.handed.remove(&ticket.0) {
-                st.resource.give_back(grant, now);
-            } else if st.queue.remove(&ticket.0).is_none() {
-                return;
-            }
-            match why {
-                Abandon::Timeout => st.counters.timeouts += 1,
-                Abandon::Cancelled => st.counters.cancelled += 1,
-            }
+        self.locked(|st, now, outbox| {
+            abandon_locked(st, ticket.0, why, now, outbox);
+            dispatch(st, now, outbox);
         });
     }
 
@@ -258,31 +291,62 @@ impl<R: Resource> Gate<R> {
         self.update(|st, now| change(&mut st.resource, now))
     }
 
-    /// Reads the resource (at `now`), the counters and the number of waiters. The resource
-    /// is `&mut` only so it can drop expired history; nobody is served by a read.
-    pub fn inspect<T>(&self, read: impl FnOnce(&mut R, &GateCounters, usize, Nanos) -> T) -> T {
+    /// Reads the resource (at `now`) and the waiting figures. The resource is `&mut` only so
+    /// it can drop expired history; nobody is served by a read.
+    pub fn inspect<T>(&self, read: impl FnOnce(&mut R, &WaitFigures<'_>, Nanos) -> T) -> T {
         let now = self.clock.now();
         let mut st = self.state.lock();
-        let State {
-            resource,
-            counters,
-            queue,
-            ..
-        } = &mut *st;
-        read(resource, counters, queue.len(), now)
+        read_state(&mut st, read, now)
+    }
+
+    /// [`Gate::inspect`] if the lock is free this instant, else `None`: a reader that must
+    /// never make an acquire or a release wait (metrics).
+    pub fn try_inspect<T>(
+        &self,
+        read: impl FnOnce(&mut R, &WaitFigures<'_>, Nanos) -> T,
+    ) -> Option<T> {
+        let now = self.clock.now();
+        let mut st = self.state.try_lock()?;
+        Some(read_state(&mut st, read, now))
     }
 
     fn update<T>(&self, change: impl FnOnce(&mut State<R>, Nanos) -> T) -> T {
-        let now = self.clock.now();
-        let mut wake = Vec::new();
-        let out = {
-            let mut st = self.state.lock();
-            let out = change(&mut st, now);
-            dispatch(&mut st, now, &mut wake);
+        self.locked(|st, now, outbox| {
+            let out = change(st, now);
+            dispatch(st, now, outbox);
             out
-        };
-        wake_all(wake);
+        })
+    }
+
+    /// Runs `f` under the lock, then sends the notifications it collected.
+    fn locked<T>(&self, f: impl FnOnce(&mut State<R>, Nanos, &mut Outbox) -> T) -> T {
+        let now = self.clock.now();
+        let mut outbox = Outbox::default();
+        let out = f(&mut self.state.lock(), now, &mut outbox);
+        self.deliver(outbox);
         out
+    }
+
+    /// Wakes waiters (outside the lock). A waiter that can never run again is abandoned —
+    /// giving back any grant made for it — and whoever that serves is woken in turn.
+    fn deliver(&self, mut outbox: Outbox) {
+        loop {
+            drop(std::mem::take(&mut outbox.drop));
+            let gone: Vec<u64> = std::mem::take(&mut outbox.wake)
+                .into_iter()
+                .filter(|(_, notifier)| notifier.notify() == Delivery::Gone)
+                .map(|(id, _)| id)
+                .collect();
+            if gone.is_empty() {
+                return;
+            }
+            let now = self.clock.now();
+            let mut st = self.state.lock();
+            for id in gone {
+                abandon_locked(&mut st, id, Abandon::Gone, now, &mut outbox);
+            }
+            dispatch(&mut st, now, &mut outbox);
+        }
     }
 }
 
@@ -292,10 +356,12 @@ impl<R: Resource> AfterFork for Gate<R> {
             if intact {
                 st.queue.clear();
                 st.handed.clear();
+                st.watch.clear();
             } else {
                 // Possibly half-written by the vanished holder: leak rather than drop.
                 std::mem::forget(std::mem::take(&mut st.queue));
                 std::mem::forget(std::mem::take(&mut st.handed));
+                std::mem::forget(std::mem::take(&mut st.watch));
             }
             st.resource.after_fork_in_child(intact);
         };
@@ -304,34 +370,149 @@ impl<R: Resource> AfterFork for Gate<R> {
     }
 }
 
-/// Serves the queue in order while the head can be granted; returns the head's retry
-/// instant if it must wait for time. Wakers to call go to `wake`.
-fn dispatch<R: Resource>(st: &mut State<R>, now: Nanos, wake: &mut Vec<Waker>) -> Option<Nanos> {
+fn read_state<R: Resource, T>(
+    st: &mut State<R>,
+    read: impl FnOnce(&mut R, &WaitFigures<'_>, Nanos) -> T,
+    now: Nanos,
+) -> T {
     let State {
         resource,
         queue,
-        handed,
         counters,
+        times,
         ..
     } = st;
-    while let Some(head) = queue.first_entry() {
-        match resource.try_take(&head.get().request, now) {
+    let figures = WaitFigures {
+        counters: *counters,
+        waiting: queue.len(),
+        times,
+    };
+    read(resource, &figures, now)
+}
+
+/// Takes `request` from the resource for a caller that did not queue.
+fn take_now<R: Resource>(st: &mut State<R>, request: &R::Request, now: Nanos) -> Option<R::Grant> {
+    match st.resource.try_take(request, now) {
+        Check::Granted(grant) => {
+            record_grant(st, 0, now);
+            Some(grant)
+        }
+        _ => None,
+    }
+}
+
+fn record_grant<R: Resource>(st: &mut State<R>, waited: u64, now: Nanos) {
+    let counters = &mut st.counters;
+    counters.acquired += 1;
+    counters.total_wait_ns = counters.total_wait_ns.saturating_add(waited);
+    counters.max_wait_ns = counters.max_wait_ns.max(waited);
+    st.times.record(waited, now);
+}
+
+/// The waiter of `handed` takes its grant; if the resource says it is too late, the waiter is
+/// queued again under its old ticket (so first in line) and `None` is returned.
+fn pick_up<R: Resource>(
+    st: &mut State<R>,
+    id: u64,
+    handed: Handed<R::Request, R::Grant>,
+    now: Nanos,
+) -> Option<R::Grant> {
+    let Handed {
+        grant,
+        request,
+        granted,
+        since,
+    } = handed;
+    match st.resource.pick_up(grant, granted, now) {
+        Some(grant) => {
+            record_grant(st, now.as_u64().saturating_sub(since.as_u64()), now);
+            Some(grant)
+        }
+        None => {
+            let waiter = Waiter {
+                request,
+                notifier: None,
+                context: None,
+                armed: None,
+                since,
+            };
+            // It was the head when granted, so its ticket is older than every queued one:
+            // queued again under it, it is first in line.
+            st.queue.insert(id, waiter);
+            None
+        }
+    }
+}
+
+/// Registers the waiter of `id` (its notifier and context) and says when it polls again.
+fn register<R: Resource>(
+    st: &mut State<R>,
+    id: u64,
+    notifier: &Notifier,
+    head_retry: Option<Nanos>,
+    outbox: &mut Outbox,
+) -> Polled<R::Grant> {
+    let Some(waiter) = st.queue.get_mut(&id) else {
+        return Polled::Unknown;
+    };
+    let context = notifier.context();
+    if waiter.context != Some(context) {
+        st.watch.remove(id, waiter.context);
+        st.watch.insert(id, context);
+        waiter.context = Some(context);
+    }
+    outbox
+        .drop
+        .extend(waiter.notifier.replace(notifier.clone()));
+    waiter.armed = head_retry.filter(|_| st.watch.is_watcher(id, context));
+    Polled::Pending(waiter.armed)
+}
+
+fn abandon_locked<R: Resource>(
+    st: &mut State<R>,
+    id: u64,
+    why: Abandon,
+    now: Nanos,
+    outbox: &mut Outbox,
+) {
+    if let Some(handed) = st.handed.remove(&id) {
+        st.resource.give_back(handed.grant, now);
+    } else if let Some(waiter) = st.queue.remove(&id) {
+        st.watch.remove(id, waiter.context);
+        outbox.drop.extend(waiter.notifier);
+    } else {
+        return;
+    }
+    match why {
+        Abandon::Timeout => st.counters.timeouts += 1,
+        Abandon::Cancelled | Abandon::Gone => st.counters.cancelled += 1,
+    }
+}
+
+/// Serves the queue in order while the head can be granted; returns the head's retry
+/// instant if it must wait for time. Waiters to notify go to `wake`.
+fn dispatch<R: Resource>(st: &mut State<R>, now: Nanos, outbox: &mut Outbox) -> Option<Nanos> {
+    while let Some(head) = st.queue.first_entry() {
+        match st.resource.try_take(&head.get().request, now) {
             Check::Granted(grant) => {
                 let (id, waiter) = head.remove_entry();
-                let waited = now.as_u64().saturating_sub(waiter.since.as_u64());
-                counters.acquired += 1;
-                counters.total_wait_ns = counters.total_wait_ns.saturating_add(waited);
-                counters.max_wait_ns = counters.max_wait_ns.max(waited);
-                handed.insert(id, grant);
-                wake.extend(waiter.waker);
+                st.watch.remove(id, waiter.context);
+                let handed = Handed {
+                    grant,
+                    request: waiter.request,
+                    granted: now,
+                    since: waiter.since,
+                };
+                st.handed.insert(id, handed);
+                outbox.wake.extend(waiter.notifier.map(|n| (id, n)));
             }
             Check::RetryAt(at) => {
-                // Wake a waiter only if it would otherwise sleep past its instant: the head
-                // at `at`, the next one at the backstop (in case the head's thread or event
-                // loop is not running when `at` comes).
-                for (waiter, due) in queue.values_mut().zip([at, backstop(at)]) {
-                    if waiter.armed.is_none_or(|armed| due < armed) {
-                        wake.extend(waiter.waker.take());
+                // Wake a watcher only if it would otherwise sleep past the instant.
+                for id in st.watch.watchers() {
+                    if let Some(waiter) = st.queue.get_mut(&id) {
+                        if waiter.armed.is_none_or(|armed| at < armed) {
+                            outbox.wake.extend(waiter.notifier.take().map(|n| (id, n)));
+                        }
                     }
                 }
                 return Some(at);
@@ -340,20 +521,6 @@ fn dispatch<R: Resource>(st: &mut State<R>, now: Nanos, wake: &mut Vec<Waker>) -
         }
     }
     None
-}
-
-/// How long after the head's instant the next waiter checks on it: only the head keeps a
-/// timer, and an event loop that is busy (or stopped) must not hold up everyone behind it.
-const BACKSTOP_NS: u64 = 20_000_000;
-
-fn backstop(at: Nanos) -> Nanos {
-    Nanos::new(at.as_u64().saturating_add(BACKSTOP_NS))
-}
-
-fn wake_all(wakers: Vec<Waker>) {
-    for waker in wakers {
-        waker.wake();
-    }
 }
 
 #[cfg(test)]

@@ -6,7 +6,8 @@
 //! spread evenly (a GCRA [`Pacer`], one request every `window / N`, with `burst`
 //! back to back), and the whole budget usable (the window, not the pacer, is the cap, so
 //! utilisation reaches 100%). `tpm` is an exact window over tokens; one request may take all
-//! of it. The pacer never refunds; the windows do (`settle`, abandoned grants).
+//! of it. Abandoned grants are refunded to the pacer and the windows; `settle` corrects the
+//! tokens window.
 //!
 //! A request is counted by the provider when it arrives, a little after its permit was
 //! granted, and that delay varies (connection set-up, a busy GIL). Two requests granted exactly
@@ -19,7 +20,7 @@ use super::clock::{nanos_of_secs, Nanos};
 use super::error::{check_seconds, InvalidArgument, MAX_SPAN_SECS};
 use super::gate::{Check, Resource};
 use super::pacer::Pacer;
-use super::sliding_window::{Receipt, SlidingWindow};
+use super::sliding_window::{Receipt, SlidingWindow, MAX_AMOUNT};
 
 /// What a `Limiter` enforces. `None` means "no limit of that kind".
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -147,8 +148,8 @@ pub fn default_margin(window: f64) -> f64 {
     (window / 200.0).max(0.05).min(window / 10.0)
 }
 
-/// The largest count a limit may have: sums of counts then never come near overflow.
-pub const MAX_COUNT: u64 = 1 << 53;
+/// The largest count a limit may have (2^53): sums of counts then never come near overflow.
+pub const MAX_COUNT: u64 = MAX_AMOUNT;
 
 /// What a caller asks a limiter for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -412,10 +413,13 @@ impl Resource for LimiterBudget {
     }
 
     fn give_back(&mut self, grant: LimiterGrant, _now: Nanos) {
-        // Granted but never used (its waiter gave up at that very moment): refund the windows.
-        // The pacer cannot refund, which only spaces later requests a little more.
+        // Granted but never used (its waiter gave up at that very moment, or could never
+        // take it): refund the windows and the pacer.
         if grant.generation != self.generation {
             return;
+        }
+        if let (Some(pacer), Some(_)) = (&mut self.pacer, grant.request) {
+            pacer.refund();
         }
         self.in_flight = self.in_flight.saturating_sub(1);
         self.anonymous -= u64::from(grant.anonymous && self.anonymous > 0);
@@ -426,6 +430,33 @@ impl Resource for LimiterBudget {
         if let (Some(window), Some((receipt, ours))) = (&mut self.tokens, grant.tokens) {
             window.refund(receipt, ours);
         }
+    }
+
+    fn pick_up(
+        &mut self,
+        mut grant: LimiterGrant,
+        granted: Nanos,
+        now: Nanos,
+    ) -> Option<LimiterGrant> {
+        let late = now.as_u64().saturating_sub(granted.as_u64());
+        if late == 0 || grant.generation != self.generation {
+            return Some(grant);
+        }
+        if late >= self.config.counted_ns() {
+            // Its start has already left the windows: counting it now could pass the limit.
+            self.give_back(grant, now);
+            return None;
+        }
+        // The request starts now, not when its waiter was chosen: count it from now, as the
+        // provider will. Every decision made meanwhile saw it in the window, so moving it
+        // later keeps every window within the limit.
+        if let (Some(window), Some(receipt)) = (&mut self.requests, grant.request) {
+            grant.request = Some(window.move_to(receipt, 1, now));
+        }
+        if let (Some(window), Some((receipt, ours))) = (&mut self.tokens, grant.tokens) {
+            grant.tokens = Some((window.move_to(receipt, ours, now), ours));
+        }
+        Some(grant)
     }
 
     fn after_fork_in_child(&mut self, intact: bool) {

@@ -1,5 +1,5 @@
 //! Even spacing of requests: a GCRA (one every `interval`, `burst` back to back) that forgives
-//! a waiter for being woken a little late.
+//! a waiter for being woken a little late, and takes back requests that never started.
 //!
 //! A woken thread or event loop takes its grant some hundred microseconds after the instant it
 //! was told (timer granularity, the GIL). Plain GCRA (governor's) counts from the actual grant,
@@ -54,6 +54,12 @@ impl Pacer {
         };
         self.tat = Some(start.saturating_add(self.interval));
     }
+
+    /// Takes back one recorded request that never started (its waiter gave up, or could not
+    /// take its grant): later requests may start one interval sooner.
+    pub fn refund(&mut self) {
+        self.tat = self.tat.map(|tat| tat.saturating_sub(self.interval));
+    }
 }
 
 #[cfg(test)]
@@ -83,6 +89,15 @@ mod tests {
         }
         // 1000 grants: the last one is due at 999 intervals, plus this one's lateness.
         assert_eq!(now, 999 * 20 * MS + MS / 2);
+    }
+
+    #[test]
+    fn a_refund_gives_the_interval_back() {
+        let mut p = Pacer::new(20 * MS, 1);
+        p.record(Nanos::new(0));
+        p.record(Nanos::new(20 * MS));
+        p.refund();
+        assert_eq!(p.ready_at(Nanos::new(20 * MS)), Nanos::new(20 * MS));
     }
 
     #[test]

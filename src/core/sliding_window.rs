@@ -4,11 +4,22 @@
 //! A log of grants is kept; grants less than a `quantum` (a thousandth of the window) apart
 //! share one entry stamped with the latest of them. Stamping later only makes entries expire
 //! later, so merging can cost at most a thousandth of utilisation and never breaks the limit,
-//! while memory stays bounded (about a thousand entries) whatever the limit.
+//! while memory stays bounded (at most 1,001 entries) whatever the limit.
+//!
+//! No arithmetic can overflow (issue 9): limits and single amounts are at most
+//! [`MAX_AMOUNT`], and an entry holds at most [`ENTRY_CAP`] = 2 × `MAX_AMOUNT` (more is
+//! saturated). An entry that full exceeds any limit plus any request, so a window holding one
+//! grants nothing whatever its true amount: saturating changes no decision. With at most 1,001
+//! live entries, their sum stays below `2^64`.
 
 use std::collections::VecDeque;
 
 use super::clock::Nanos;
+
+/// The largest limit, and the largest amount recorded at once.
+pub const MAX_AMOUNT: u64 = 1 << 53;
+/// The most one entry holds; more saturates (see the module's docs).
+pub const ENTRY_CAP: u64 = 2 * MAX_AMOUNT;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Entry {
@@ -40,12 +51,14 @@ pub struct SlidingWindow {
 }
 
 impl SlidingWindow {
-    /// A window budget; `limit >= 1` and `window >= 1` ns are the caller's to check.
+    /// A window budget; `1 <= limit <= MAX_AMOUNT` and `window >= 1` ns are the caller's
+    /// to check.
     pub fn new(limit: u64, window_ns: u64) -> Self {
         SlidingWindow {
-            limit,
+            limit: limit.min(MAX_AMOUNT),
             window: window_ns.max(1),
-            quantum: window_ns / 1000,
+            // At least 1 ns: grants at the same instant always share an entry.
+            quantum: (window_ns / 1000).max(1),
             entries: VecDeque::new(),
             used: 0,
             next_seq: 0,
@@ -88,13 +101,13 @@ impl SlidingWindow {
     /// usage that already happened).
     pub fn record(&mut self, amount: u64, now: Nanos) -> Receipt {
         self.expire(now);
-        self.used = self.used.saturating_add(amount);
         let now = now.as_u64();
         if let Some(last) = self.entries.back_mut() {
             if now.saturating_sub(last.opened) < self.quantum {
                 last.stamp = last.stamp.max(now);
-                last.amount = last.amount.saturating_add(amount);
-                return Receipt { seq: last.seq };
+                let seq = last.seq;
+                self.add_to_back(amount);
+                return Receipt { seq };
             }
         }
         let seq = self.next_seq;
@@ -103,9 +116,18 @@ impl SlidingWindow {
             seq,
             opened: now,
             stamp: now,
-            amount,
+            amount: 0,
         });
+        self.add_to_back(amount);
         Receipt { seq }
+    }
+
+    fn add_to_back(&mut self, amount: u64) {
+        if let Some(last) = self.entries.back_mut() {
+            let added = amount.min(ENTRY_CAP - last.amount);
+            last.amount += added;
+            self.used += added;
+        }
     }
 
     /// Takes back up to `amount` units from the entry of `receipt` (a grant that used less
@@ -120,6 +142,13 @@ impl SlidingWindow {
         self.used -= refund;
     }
 
+    /// Moves `amount` units of the entry of `receipt` to `now`: a start that happened later
+    /// than it was first recorded. Returns where they now are.
+    pub fn move_to(&mut self, receipt: Receipt, amount: u64, now: Nanos) -> Receipt {
+        self.refund(receipt, amount);
+        self.record(amount, now)
+    }
+
     /// Adds `amount` units to the entry of `receipt`, if it is still in the window.
     pub fn add(&mut self, receipt: Receipt, amount: u64, now: Nanos) -> bool {
         self.expire(now);
@@ -127,8 +156,9 @@ impl SlidingWindow {
             return false;
         };
         let entry = &mut self.entries[index];
-        entry.amount = entry.amount.saturating_add(amount);
-        self.used = self.used.saturating_add(amount);
+        let added = amount.min(ENTRY_CAP - entry.amount);
+        entry.amount += added;
+        self.used += added;
         true
     }
 
@@ -202,6 +232,38 @@ mod tests {
             "stamped with the latest grant: still inside"
         );
         assert_eq!(w.used(at(1000 * SEC + 99_000)), 0);
+    }
+
+    #[test]
+    fn endless_huge_amounts_saturate_without_changing_a_decision() {
+        // Issue 9: repeated huge settles used to wrap the window's count, after which every
+        // request waited forever. Saturated entries still block until they leave the window.
+        let mut w = SlidingWindow::new(MAX_AMOUNT, 10 * SEC);
+        let mut receipts = Vec::new();
+        for i in 0..5_000u64 {
+            let receipt = w.record(MAX_AMOUNT, at(i * SEC / 100));
+            assert!(w.add(receipt, MAX_AMOUNT, at(i * SEC / 100)));
+            receipts.push(receipt);
+        }
+        let last = at(4_999 * SEC / 100);
+        assert_eq!(w.earliest(1, last), Some(at(4_999 * SEC / 100 + 10 * SEC)));
+        assert!(w.used(last) <= 1001 * ENTRY_CAP);
+        for receipt in receipts {
+            w.refund(receipt, u64::MAX);
+        }
+        assert_eq!(w.used(last), 0);
+        assert_eq!(w.earliest(MAX_AMOUNT, last), Some(last));
+        assert_eq!(w.used(at(u64::MAX)), 0);
+    }
+
+    #[test]
+    fn grants_at_one_instant_share_an_entry_even_in_a_tiny_window() {
+        let mut w = SlidingWindow::new(10, 5);
+        for _ in 0..10 {
+            w.record(1, at(7));
+        }
+        assert_eq!(w.entry_count(), 1);
+        assert_eq!(w.earliest(1, at(7)), Some(at(12)));
     }
 
     #[test]

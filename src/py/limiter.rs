@@ -10,7 +10,7 @@ use super::errors::AcquireTimeout;
 use super::fork::new_gate;
 use super::permit::Permit;
 use super::semaphore::qualified_name;
-use super::stats::gate_stats;
+use super::stats::WaitSummary;
 use super::wait::{self, AsyncOutcome};
 use crate::core::clock::Clock;
 use crate::core::gate::Gate;
@@ -222,14 +222,13 @@ impl Limiter {
     /// Live figures: in_flight, waiting, acquired, timeouts, cancelled, tokens_granted,
     /// requests_in_window, tokens_in_window, paused_for, total_wait, max_wait (seconds).
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let (figures, paused_for, counters, waiting) =
-            self.gate.inspect(|budget, counters, waiting, now| {
-                let paused = budget
-                    .paused_until(now)
-                    .map_or(0.0, |until| (until.as_u64() - now.as_u64()) as f64 / 1e9);
-                (budget.figures(now), paused, *counters, waiting)
-            });
-        let stats = gate_stats(py, &counters, waiting)?;
+        let (figures, paused_for, summary) = self.gate.inspect(|budget, waits, now| {
+            let paused = budget
+                .paused_until(now)
+                .map_or(0.0, |until| (until.as_u64() - now.as_u64()) as f64 / 1e9);
+            (budget.figures(now), paused, WaitSummary::of(waits, now))
+        });
+        let stats = summary.to_dict(py)?;
         stats.set_item("in_flight", figures.in_flight)?;
         stats.set_item("tokens_granted", figures.tokens_granted)?;
         stats.set_item("requests_in_window", figures.requests_in_window)?;
@@ -254,7 +253,7 @@ impl Limiter {
             }
         };
         self.gate
-            .inspect(|budget, _, _, _| budget.count_retry(event));
+            .with_resource(|budget, _| budget.count_retry(event));
         Ok(())
     }
 
@@ -314,7 +313,7 @@ impl Limiter {
         } = this.config;
         let (in_flight, waiting) = this
             .gate
-            .inspect(|budget, _, waiting, now| (budget.figures(now).in_flight, waiting));
+            .inspect(|budget, waits, now| (budget.figures(now).in_flight, waits.waiting));
         let show = |v: Option<u64>| v.map_or_else(|| "None".to_owned(), |v| v.to_string());
         let name = this
             .name

@@ -11,10 +11,10 @@ use pyo3::prelude::*;
 use super::args;
 use super::wait;
 use crate::core::gate::Gate;
-use crate::core::limiter::{LimiterBudget, LimiterGrant};
+use crate::core::limiter::{LimiterBudget, LimiterGrant, MAX_COUNT};
 
 /// The most tokens a settle accepts: far beyond any real request, far from overflow.
-const MAX_TOKENS: u64 = 1 << 53;
+const MAX_TOKENS: u64 = MAX_COUNT;
 
 /// A granted request: holds one concurrency slot and its reserved tokens until released.
 #[pyclass(module = "crewthrottle", name = "Permit", frozen)]

@@ -8,7 +8,7 @@ use pyo3::types::{PyDict, PyTuple, PyType};
 
 use super::args::{self, Given};
 use super::fork::new_gate;
-use super::stats::gate_stats;
+use super::stats::WaitSummary;
 use super::wait::{self, Flag};
 use crate::core::clock::Clock;
 use crate::core::gate::Gate;
@@ -147,12 +147,14 @@ impl Semaphore {
         wait::ready(py, py.None())
     }
 
-    /// Counters: waiting, acquired, timeouts, cancelled, total_wait, max_wait (seconds).
+    /// Counters: waiting, acquired, timeouts, cancelled, total_wait, max_wait, the recent
+    /// wait percentiles wait_p50, wait_p90, wait_p99 (seconds, None without recent grants),
+    /// and the current value.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let (counters, waiting, value) = self
+        let (summary, value) = self
             .gate
-            .inspect(|count, counters, waiting, _| (*counters, waiting, count.value()));
-        let stats = gate_stats(py, &counters, waiting)?;
+            .inspect(|count, figures, now| (WaitSummary::of(figures, now), count.value()));
+        let stats = summary.to_dict(py)?;
         stats.set_item("value", value)?;
         Ok(stats)
     }
@@ -161,7 +163,7 @@ impl Semaphore {
         let (value, bound) = slf
             .get()
             .gate
-            .inspect(|count, _, _, _| (count.value(), count.bound()));
+            .inspect(|count, _, _| (count.value(), count.bound()));
         let cls = slf.get_type();
         let value = match bound {
             Some(bound) => format!("{value}/{bound}"),

@@ -3,20 +3,73 @@
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use crate::core::gate::GateCounters;
+use crate::core::clock::Nanos;
+use crate::core::gate::{GateCounters, WaitFigures};
+use crate::core::wait_times::CUMULATIVE_BOUNDS;
 
-/// A `stats()` dict with the gate's counters (times in seconds).
-pub fn gate_stats<'py>(
-    py: Python<'py>,
-    counters: &GateCounters,
+/// The quantiles of recent waits that `stats()` reports, as `wait_p50`, `wait_p90`, `wait_p99`.
+const QUANTILES: [f64; 3] = [0.5, 0.9, 0.99];
+
+/// A gate's waiting figures, copied out of its lock.
+#[derive(Debug, Clone)]
+pub struct WaitSummary {
+    counters: GateCounters,
     waiting: usize,
-) -> PyResult<Bound<'py, PyDict>> {
-    let stats = PyDict::new(py);
-    stats.set_item("waiting", waiting)?;
-    stats.set_item("acquired", counters.acquired)?;
-    stats.set_item("timeouts", counters.timeouts)?;
-    stats.set_item("cancelled", counters.cancelled)?;
-    stats.set_item("total_wait", counters.total_wait_ns as f64 / 1e9)?;
-    stats.set_item("max_wait", counters.max_wait_ns as f64 / 1e9)?;
-    Ok(stats)
+    /// p50, p90, p99 of recent waits in nanoseconds, if any were recorded recently.
+    quantiles: Option<[u64; 3]>,
+    cumulative: [u64; CUMULATIVE_BOUNDS.len() + 1],
+}
+
+impl WaitSummary {
+    /// Reads `figures` at `now` (under the gate's lock: keep it short).
+    pub fn of(figures: &WaitFigures<'_>, now: Nanos) -> Self {
+        WaitSummary {
+            counters: figures.counters,
+            waiting: figures.waiting,
+            quantiles: figures.times.quantiles(QUANTILES, now),
+            cumulative: *figures.times.cumulative(),
+        }
+    }
+
+    /// Waiters queued.
+    pub fn waiting(&self) -> usize {
+        self.waiting
+    }
+
+    /// Fills a `stats()` dict (times in seconds).
+    pub fn fill(&self, stats: &Bound<'_, PyDict>) -> PyResult<()> {
+        let counters = &self.counters;
+        stats.set_item("waiting", self.waiting)?;
+        stats.set_item("acquired", counters.acquired)?;
+        stats.set_item("timeouts", counters.timeouts)?;
+        stats.set_item("cancelled", counters.cancelled)?;
+        stats.set_item("total_wait", secs(counters.total_wait_ns))?;
+        stats.set_item("max_wait", secs(counters.max_wait_ns))?;
+        for (key, i) in [("wait_p50", 0), ("wait_p90", 1), ("wait_p99", 2)] {
+            stats.set_item(key, self.quantiles.map(|q| secs(q[i])))?;
+        }
+        Ok(())
+    }
+
+    /// Cumulative wait-time buckets for metrics: `[(upper bound in seconds, count), ...]`,
+    /// the last bound infinite.
+    pub fn buckets(&self) -> Vec<(f64, u64)> {
+        CUMULATIVE_BOUNDS
+            .iter()
+            .copied()
+            .chain([f64::INFINITY])
+            .zip(self.cumulative.iter().copied())
+            .collect()
+    }
+
+    /// A new `stats()` dict holding these figures.
+    pub fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let stats = PyDict::new(py);
+        self.fill(&stats)?;
+        Ok(stats)
+    }
+}
+
+fn secs(ns: u64) -> f64 {
+    ns as f64 / 1e9
 }

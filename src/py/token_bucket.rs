@@ -9,7 +9,7 @@ use pyo3::types::PyDict;
 use super::args;
 use super::fork::new_gate;
 use super::semaphore::qualified_name;
-use super::stats::gate_stats;
+use super::stats::WaitSummary;
 use super::wait::{self, Flag};
 use crate::core::clock::Clock;
 use crate::core::gate::Gate;
@@ -119,17 +119,17 @@ impl TokenBucket {
         self.config.burst
     }
 
-    /// Counters: waiting, acquired, timeouts, cancelled, total_wait, max_wait (seconds).
+    /// Counters: waiting, acquired, timeouts, cancelled, total_wait, max_wait and the recent
+    /// wait percentiles wait_p50, wait_p90, wait_p99 (seconds, None without recent grants).
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let (counters, waiting) = self
-            .gate
-            .inspect(|_, counters, waiting, _| (*counters, waiting));
-        gate_stats(py, &counters, waiting)
+        self.gate
+            .inspect(|_, figures, now| WaitSummary::of(figures, now))
+            .to_dict(py)
     }
 
     fn __repr__(slf: &Bound<'_, Self>) -> PyResult<String> {
         let BucketConfig { rate, per, burst } = slf.get().config;
-        let waiting = slf.get().gate.inspect(|_, _, waiting, _| waiting);
+        let waiting = slf.get().gate.inspect(|_, figures, _| figures.waiting);
         let cls = qualified_name(&slf.get_type())?;
         Ok(format!(
             "<{cls} rate={rate} per={per} burst={burst}: waiting={waiting}>"

@@ -1,13 +1,13 @@
 //! The one place that waits. Threads park with the GIL released (in slices on the main
-//! thread, so Ctrl-C is seen); event loops await a future that the gate's waker resolves
-//! through `loop.call_soon_threadsafe`, with a loop timer only for the head of the queue.
+//! thread, so Ctrl-C is seen); event loops await a future that the gate's notifier resolves
+//! through `loop.call_soon_threadsafe`, with a loop timer only where the gate asks for one.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::task::{Wake, Waker};
+use std::sync::{Arc, Weak};
 use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyTuple;
@@ -15,19 +15,22 @@ use pyo3::types::PyTuple;
 use super::errors::lost_ticket;
 use crate::core::clock::Nanos;
 use crate::core::gate::{Abandon, Acquired, Gate, Polled, Resource, Ticket};
+use crate::core::notify::{Context, Delivery, Notifier, Notify};
 
 /// How often a waiter on the main thread looks for signals (Ctrl-C).
 const SIGNAL_SLICE: Duration = Duration::from_millis(50);
 
-struct ThreadWaker(Thread);
+/// Wakes a parked thread; a thread always runs again.
+struct ThreadNotify(Thread);
 
-impl Wake for ThreadWaker {
-    fn wake(self: Arc<Self>) {
+impl Notify for ThreadNotify {
+    fn notify(&self) -> Delivery {
         self.0.unpark();
+        Delivery::Sent
     }
 
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.0.unpark();
+    fn context(&self) -> Context {
+        Context::Thread
     }
 }
 
@@ -67,9 +70,9 @@ pub fn block_on<R: Resource>(
     } else {
         None
     };
-    let waker = Waker::from(Arc::new(ThreadWaker(thread::current())));
+    let notifier: Notifier = Arc::new(ThreadNotify(thread::current()));
     loop {
-        match py.detach(|| park_until_step(gate, ticket, &waker, deadline, slice)) {
+        match py.detach(|| park_until_step(gate, ticket, &notifier, deadline, slice)) {
             Step::Granted(grant) => {
                 queued.settle();
                 return Ok(Some(grant));
@@ -117,13 +120,13 @@ impl<R: Resource> Drop for Queued<'_, R> {
 fn park_until_step<R: Resource>(
     gate: &Gate<R>,
     ticket: Ticket,
-    waker: &Waker,
+    notifier: &Notifier,
     deadline: Option<Instant>,
     slice: Option<Duration>,
 ) -> Step<R::Grant> {
     let slice_end = slice.map(|s| Instant::now() + s);
     loop {
-        let retry_at = match gate.poll(ticket, waker) {
+        let retry_at = match gate.poll(ticket, notifier) {
             Polled::Ready(grant) => return Step::Granted(grant),
             Polled::Pending(at) => at,
             Polled::Unknown => return Step::Lost,
@@ -172,26 +175,85 @@ pub fn ready(py: Python<'_>, value: Py<PyAny>) -> PyResult<Py<PyAny>> {
         .unbind())
 }
 
-/// Wakes an asyncio future from any thread: `loop.call_soon_threadsafe(_wake, fut)`.
-struct LoopWaker {
-    call_soon_threadsafe: Py<PyAny>,
-    wake: Py<PyAny>,
-    future: Py<PyAny>,
+/// What to do when a wake-up can never be delivered: abandon the ticket (weakly held, so a
+/// queued notifier never keeps its gate alive).
+type OnLost = Arc<dyn Fn() + Send + Sync>;
+
+fn abandon_when_lost<R: Resource>(gate: &Arc<Gate<R>>, ticket: Ticket) -> OnLost {
+    let gate: Weak<Gate<R>> = Arc::downgrade(gate);
+    Arc::new(move || {
+        if let Some(gate) = gate.upgrade() {
+            gate.abandon(ticket, Abandon::Gone);
+        }
+    })
 }
 
-impl Wake for LoopWaker {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
+/// Wakes an asyncio future from any thread: `loop.call_soon_threadsafe(_WakeCall(fut))`.
+struct LoopNotify {
+    call_soon_threadsafe: Py<PyAny>,
+    future: Py<PyAny>,
+    loop_id: u64,
+    on_lost: OnLost,
+}
+
+impl Notify for LoopNotify {
+    fn notify(&self) -> Delivery {
+        Python::attach(|py| {
+            let call = WakeCall {
+                future: self.future.clone_ref(py),
+                on_lost: Mutex::new(Some(Arc::clone(&self.on_lost))),
+            };
+            let Ok(call) = Py::new(py, call) else {
+                return Delivery::Gone;
+            };
+            match self.call_soon_threadsafe.call1(py, (call.clone_ref(py),)) {
+                Ok(_) => Delivery::Sent,
+                Err(_) => {
+                    // A closed loop: the gate abandons the ticket itself.
+                    call.get().disarm();
+                    Delivery::Gone
+                }
+            }
+        })
     }
 
-    fn wake_by_ref(self: &Arc<Self>) {
-        Python::attach(|py| {
-            // A closed loop cannot be woken; its task is cancelled or collected, and then
-            // abandons its ticket.
-            let _ = self
-                .call_soon_threadsafe
-                .call1(py, (self.wake.clone_ref(py), self.future.clone_ref(py)));
-        });
+    fn context(&self) -> Context {
+        Context::EventLoop(self.loop_id)
+    }
+}
+
+/// The callback a loop runs to wake a waiting task. If the loop drops it without running it
+/// (`loop.close()` clears the pending callbacks of tasks it never cancelled), the task can
+/// never run again: its ticket is abandoned then, so a grant made for it comes back at once.
+#[pyclass(module = "crewthrottle._native", name = "_WakeCall", frozen)]
+pub struct WakeCall {
+    future: Py<PyAny>,
+    on_lost: Mutex<Option<OnLost>>,
+}
+
+impl WakeCall {
+    fn disarm(&self) -> Option<OnLost> {
+        self.on_lost.lock().take()
+    }
+}
+
+#[pymethods]
+impl WakeCall {
+    fn __call__(&self, py: Python<'_>) -> PyResult<()> {
+        self.disarm();
+        let future = self.future.bind(py);
+        if !future.call_method0("done")?.is_truthy()? {
+            future.call_method1("set_result", (py.None(),))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for WakeCall {
+    fn drop(&mut self) {
+        if let Some(on_lost) = self.disarm() {
+            on_lost();
+        }
     }
 }
 
@@ -251,12 +313,13 @@ impl<R: Resource, O: AsyncOutcome<R>> AsyncWait for GateWait<R, O> {
         event_loop: &Bound<'py, PyAny>,
         future: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyTuple>> {
-        let waker = Waker::from(Arc::new(LoopWaker {
+        let notifier: Notifier = Arc::new(LoopNotify {
             call_soon_threadsafe: event_loop.getattr("call_soon_threadsafe")?.unbind(),
-            wake: waiting_module(py)?.getattr("wake")?.unbind(),
             future: future.clone().unbind(),
-        }));
-        match self.gate.poll(self.ticket, &waker) {
+            loop_id: event_loop.as_ptr() as u64,
+            on_lost: abandon_when_lost(&self.gate, self.ticket),
+        });
+        match self.gate.poll(self.ticket, &notifier) {
             Polled::Ready(grant) => {
                 self.finished.store(true, Ordering::Release);
                 let result = self.outcome.granted(py, grant)?;

@@ -1,24 +1,52 @@
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Wake, Waker};
 use std::time::Duration;
 
 use super::*;
+use crate::core::notify::Notify;
 use crate::core::semaphore::SemaphoreCount;
 use crate::core::token_bucket::{BucketConfig, TokenBucketBudget};
 
-#[derive(Default)]
-struct CountingWaker(AtomicUsize);
+/// A waiter that counts its wake-ups; `gone` makes it one whose event loop has closed.
+struct CountingWaker {
+    count: AtomicUsize,
+    context: Context,
+    gone: AtomicBool,
+}
 
-impl Wake for CountingWaker {
-    fn wake(self: Arc<Self>) {
-        self.0.fetch_add(1, Ordering::SeqCst);
+impl CountingWaker {
+    fn woken(&self) -> usize {
+        self.count.load(Ordering::SeqCst)
     }
 }
 
-fn counting_waker() -> (Arc<CountingWaker>, Waker) {
-    let counter = Arc::new(CountingWaker::default());
-    (counter.clone(), Waker::from(counter))
+impl Notify for CountingWaker {
+    fn notify(&self) -> Delivery {
+        self.count.fetch_add(1, Ordering::SeqCst);
+        if self.gone.load(Ordering::SeqCst) {
+            Delivery::Gone
+        } else {
+            Delivery::Sent
+        }
+    }
+
+    fn context(&self) -> Context {
+        self.context
+    }
+}
+
+fn waker_in(context: Context) -> (Arc<CountingWaker>, Notifier) {
+    let counter = Arc::new(CountingWaker {
+        count: AtomicUsize::new(0),
+        context,
+        gone: AtomicBool::new(false),
+    });
+    (counter.clone(), counter)
+}
+
+/// A thread's waker.
+fn counting_waker() -> (Arc<CountingWaker>, Notifier) {
+    waker_in(Context::Thread)
 }
 
 fn queued<G: std::fmt::Debug>(acquired: Acquired<G>) -> Ticket {
@@ -73,9 +101,9 @@ fn a_release_wakes_only_the_waiter_it_serves() {
         })
         .collect();
     gate.with_resource(|sem, _| sem.release(1)).unwrap();
-    let woken: usize = counters.iter().map(|c| c.0.load(Ordering::SeqCst)).sum();
+    let woken: usize = counters.iter().map(|c| c.woken()).sum();
     assert_eq!(woken, 1, "no thundering herd");
-    assert_eq!(counters[0].0.load(Ordering::SeqCst), 1);
+    assert_eq!(counters[0].woken(), 1);
 }
 
 #[test]
@@ -96,7 +124,7 @@ fn abandoning_a_granted_ticket_gives_the_grant_back() {
     gate.with_resource(|sem, _| sem.release(1)).unwrap();
     gate.abandon(ticket, Abandon::Cancelled);
     assert_eq!(
-        gate.inspect(|sem, counters, waiting, _| (sem.value(), counters.cancelled, waiting)),
+        gate.inspect(|sem, w, _| (sem.value(), w.counters.cancelled, w.waiting)),
         (1, 1, 0)
     );
     let (_, waker) = counting_waker();
@@ -112,33 +140,28 @@ fn abandoning_the_head_serves_the_next_waiter() {
     gate.poll(next, &waker);
     gate.with_resource(|sem, _| sem.release(1)).unwrap();
     gate.abandon(head, Abandon::Timeout);
-    assert_eq!(counter.0.load(Ordering::SeqCst), 1);
+    assert_eq!(counter.woken(), 1);
     assert_eq!(gate.poll(next, &waker), Polled::Ready(()));
-    assert_eq!(gate.inspect(|_, c, _, _| c.timeouts), 1);
+    assert_eq!(gate.inspect(|_, w, _| w.counters.timeouts), 1);
 }
 
 #[test]
-fn only_the_head_and_its_backstop_get_a_retry_instant_and_a_large_request_is_not_starved() {
+fn only_the_first_thread_gets_a_retry_instant_and_a_large_request_is_not_starved() {
     let (gate, clock) = bucket_gate(10);
     assert!(matches!(gate.acquire(10).unwrap(), Acquired::Now(())));
     let big = queued(gate.acquire(10).unwrap());
     let small = queued(gate.acquire(1).unwrap());
     let (_, waker) = counting_waker();
+    let at_one_second = Polled::Pending(Some(Nanos::new(1_000_000_000)));
+    assert_eq!(gate.poll(big, &waker), at_one_second);
     assert_eq!(
-        gate.poll(big, &waker),
-        Polled::Pending(Some(Nanos::new(1_000_000_000)))
-    );
-    let backstop = Polled::Pending(Some(Nanos::new(1_020_000_000)));
-    assert_eq!(gate.poll(small, &waker), backstop);
-    let third = queued(gate.acquire(1).unwrap());
-    assert_eq!(
-        gate.poll(third, &waker),
+        gate.poll(small, &waker),
         Polled::Pending(None),
-        "no timer for the rest"
+        "a thread behind a thread needs no timer"
     );
     // Half-way, one token would fit, but the small request waits behind the big one.
     clock.advance(Duration::from_millis(500));
-    assert_eq!(gate.poll(small, &waker), backstop);
+    assert_eq!(gate.poll(small, &waker), Polled::Pending(None));
     clock.advance(Duration::from_millis(500));
     assert_eq!(gate.poll(big, &waker), Polled::Ready(()));
     assert_eq!(
@@ -156,7 +179,7 @@ fn wait_times_are_counted() {
     gate.with_resource(|sem, _| sem.release(1)).unwrap();
     let (_, waker) = counting_waker();
     assert_eq!(gate.poll(ticket, &waker), Polled::Ready(()));
-    let counters = gate.inspect(|_, c, _, _| *c);
+    let counters = gate.inspect(|_, w, _| w.counters);
     assert_eq!(
         (
             counters.acquired,
@@ -175,7 +198,7 @@ fn a_reset_child_forgets_queued_waiters() {
     unsafe { AfterFork::reset_in_child(&gate) };
     let (_, waker) = counting_waker();
     assert_eq!(gate.poll(ticket, &waker), Polled::Unknown);
-    assert_eq!(gate.inspect(|_, _, waiting, _| waiting), 0);
+    assert_eq!(gate.inspect(|_, w, _| w.waiting), 0);
 }
 
 #[test]
@@ -189,38 +212,110 @@ fn a_child_recovers_a_lock_held_by_a_vanished_thread() {
 }
 
 #[test]
-fn a_head_that_never_polls_does_not_hold_up_the_next_waiter() {
-    // The head's event loop is busy when its instant comes: the next waiter's backstop
-    // serves the queue (the head's grant waits for it, handed).
+fn a_blocked_event_loop_does_not_hold_up_a_thread_behind_it() {
+    // Issue 9: the first two waiters belong to one event loop that is blocked (it never
+    // polls); a thread third in line is served when capacity allows, driven by its own timer.
     let (gate, clock) = bucket_gate(1);
     assert!(matches!(gate.acquire(1).unwrap(), Acquired::Now(())));
-    let stuck = queued(gate.acquire(1).unwrap());
-    let next = queued(gate.acquire(1).unwrap());
-    let (_, waker) = counting_waker();
-    assert_eq!(
-        gate.poll(stuck, &waker),
-        Polled::Pending(Some(Nanos::new(100_000_000)))
-    );
-    let Polled::Pending(Some(backstop)) = gate.poll(next, &waker) else {
-        panic!("no backstop")
+    let stuck: Vec<_> = (0..2).map(|_| queued(gate.acquire(1).unwrap())).collect();
+    let thread = queued(gate.acquire(1).unwrap());
+    let (stuck_waker, loop_waker) = waker_in(Context::EventLoop(7));
+    for &t in &stuck {
+        gate.poll(t, &loop_waker);
+    }
+    let (_, thread_waker) = counting_waker();
+    let mut at = match gate.poll(thread, &thread_waker) {
+        Polled::Pending(Some(at)) => at,
+        other => panic!("the thread must keep a timer, got {other:?}"),
     };
-    clock.advance(Duration::from_nanos(backstop.as_u64()));
-    // The stuck head was served at the backstop (120 ms); governor paces from there.
     assert_eq!(
-        gate.poll(next, &waker),
-        Polled::Pending(Some(Nanos::new(220_000_000)))
+        at,
+        Nanos::new(100_000_000),
+        "the head's own instant, no later"
     );
-    clock.advance(Duration::from_millis(100));
-    assert_eq!(gate.poll(next, &waker), Polled::Ready(()));
+    // Only the thread polls from now on.
+    loop {
+        clock.advance(Duration::from_nanos(at.as_u64() - clock.now().as_u64()));
+        match gate.poll(thread, &thread_waker) {
+            Polled::Ready(()) => break,
+            Polled::Pending(Some(next)) => at = next,
+            other => panic!("{other:?}"),
+        }
+    }
     assert_eq!(
-        gate.poll(stuck, &waker),
-        Polled::Ready(()),
-        "the head's grant was kept for it"
+        clock.now(),
+        Nanos::new(300_000_000),
+        "one grant per 100 ms, in order"
     );
+    // The loop's waiters were granted in turn and woken; their grants wait for them.
+    assert_eq!(stuck_waker.woken(), 2, "each woken once, when granted");
+    for &t in &stuck {
+        assert_eq!(gate.poll(t, &loop_waker), Polled::Ready(()));
+    }
 }
 
 #[test]
-fn serving_the_head_wakes_the_new_second_to_arm_its_backstop() {
+fn every_event_loop_and_the_first_thread_keep_a_timer() {
+    let (gate, _clock) = bucket_gate(1);
+    assert!(matches!(gate.acquire(1).unwrap(), Acquired::Now(())));
+    let contexts = [
+        Context::EventLoop(1),
+        Context::EventLoop(1),
+        Context::EventLoop(2),
+        Context::Thread,
+        Context::Thread,
+        Context::EventLoop(3),
+    ];
+    let polled: Vec<_> = contexts
+        .iter()
+        .map(|&context| {
+            let ticket = queued(gate.acquire(1).unwrap());
+            let (_, waker) = waker_in(context);
+            gate.poll(ticket, &waker)
+        })
+        .collect();
+    let at = Some(Nanos::new(100_000_000));
+    let expected = [at, None, at, at, None, None].map(Polled::Pending);
+    assert_eq!(polled, expected);
+}
+
+#[test]
+fn a_grant_for_a_waiter_whose_loop_closed_goes_back_at_once() {
+    let gate = semaphore(0);
+    let closed = queued(gate.acquire(()).unwrap());
+    let live = queued(gate.acquire(()).unwrap());
+    let (closed_waker, notifier) = waker_in(Context::EventLoop(1));
+    closed_waker.gone.store(true, Ordering::SeqCst);
+    gate.poll(closed, &notifier);
+    let (live_waker, notifier) = counting_waker();
+    assert_eq!(gate.poll(live, &notifier), Polled::Pending(None));
+    gate.with_resource(|sem, _| sem.release(1)).unwrap();
+    assert_eq!(live_waker.woken(), 1, "served in the closed waiter's place");
+    assert_eq!(gate.poll(live, &notifier), Polled::Ready(()));
+    assert_eq!(gate.poll(closed, &notifier), Polled::Unknown);
+    let (value, cancelled) = gate.inspect(|sem, w, _| (sem.value(), w.counters.cancelled));
+    assert_eq!((value, cancelled), (0, 1));
+}
+
+#[test]
+fn any_call_serves_a_queue_whose_waiters_all_stalled() {
+    // Nobody queued can run; time frees the head; a newcomer's call serves the queue first.
+    let (gate, clock) = bucket_gate(2);
+    assert!(matches!(gate.acquire(2).unwrap(), Acquired::Now(())));
+    let stalled = queued(gate.acquire(1).unwrap());
+    let (_, waker) = waker_in(Context::EventLoop(1));
+    gate.poll(stalled, &waker);
+    clock.advance(Duration::from_millis(200));
+    assert_eq!(
+        gate.try_acquire(1).unwrap(),
+        Some(()),
+        "the head was served, then the newcomer"
+    );
+    assert_eq!(gate.poll(stalled, &waker), Polled::Ready(()));
+}
+
+#[test]
+fn serving_the_head_wakes_the_new_first_thread_to_arm_its_timer() {
     let (gate, clock) = bucket_gate(1);
     assert!(matches!(gate.acquire(1).unwrap(), Acquired::Now(())));
     let tickets: Vec<_> = (0..3).map(|_| queued(gate.acquire(1).unwrap())).collect();
@@ -235,11 +330,7 @@ fn serving_the_head_wakes_the_new_second_to_arm_its_backstop() {
     clock.advance(Duration::from_millis(100));
     let (_, waker) = counting_waker();
     assert_eq!(gate.poll(tickets[0], &waker), Polled::Ready(()));
-    let woken: Vec<_> = counters
-        .iter()
-        .map(|c| c.0.load(Ordering::SeqCst))
-        .collect();
-    // The served waiter's old waker; not the new head, whose backstop (120 ms) comes before
-    // its instant (200 ms); the new second, to arm its backstop. Nobody else.
-    assert_eq!(woken, vec![1, 0, 1]);
+    let woken: Vec<_> = counters.iter().map(|c| c.woken()).collect();
+    // The served waiter's old waker; the new head, to arm its timer. Nobody else.
+    assert_eq!(woken, vec![1, 1, 0]);
 }

@@ -319,3 +319,77 @@ fn an_abandoned_anonymous_grant_leaves_no_anonymous_count_behind() {
     assert!(!b.release_anonymous(), "nothing anonymous is held");
     assert_eq!(b.figures(clock.now()).in_flight, 0);
 }
+
+#[test]
+fn a_grant_taken_late_is_counted_from_when_it_is_taken() {
+    let (mut b, clock) = limiter(None, Some(1), Some(100), 10.0, None);
+    let grant = granted(b.try_take(&req(40), clock.now()));
+    clock.advance(Duration::from_secs(3));
+    let grant = b
+        .pick_up(grant, Nanos::new(0), clock.now())
+        .expect("still in time");
+    assert_eq!(grant.charged, 40);
+    clock.advance(Duration::from_secs(7));
+    // Counted from 3 s, as the provider will count it: the window frees at 13 s, not 10 s.
+    assert_eq!(
+        b.try_take(&req(1), clock.now()),
+        Check::RetryAt(Nanos::new(13 * SEC))
+    );
+    assert_eq!(b.figures(clock.now()).tokens_in_window, Some(40));
+}
+
+#[test]
+fn a_grant_taken_after_a_whole_window_goes_back() {
+    let (mut b, clock) = limiter(Some(1), Some(1), None, 10.0, None);
+    let grant = granted(b.try_take(&req(0), clock.now()));
+    clock.advance(Duration::from_secs(10));
+    assert_eq!(b.pick_up(grant, Nanos::new(0), clock.now()), None);
+    let figures = b.figures(clock.now());
+    assert_eq!(
+        (figures.in_flight, figures.requests_in_window),
+        (0, Some(0))
+    );
+}
+
+#[test]
+fn late_pick_ups_never_put_more_than_rpm_in_any_window() {
+    // Grants as early as allowed, each taken by its waiter after a random delay (sometimes
+    // longer than the window); the start of each request is when it was taken. Every window
+    // of the resulting starts holds at most rpm.
+    let (rpm, window) = (5u64, 10 * SEC);
+    let (mut b, clock) = limiter(None, Some(rpm), None, 10.0, Some(2));
+    let mut rng = fastrand::Rng::with_seed(11);
+    let mut handed: Vec<(u64, u64, LimiterGrant)> = Vec::new(); // (granted, taken at, grant)
+    let mut starts = Vec::new();
+    let mut retries = 0;
+    for _ in 0..20_000 {
+        clock.advance(Duration::from_nanos(rng.u64(0..SEC / 4)));
+        let now = clock.now();
+        handed.sort_by_key(|h| h.1);
+        while handed.first().is_some_and(|h| h.1 <= now.as_u64()) {
+            let (at, _, grant) = handed.remove(0);
+            match b.pick_up(grant, Nanos::new(at), now) {
+                Some(grant) => {
+                    starts.push(now.as_u64());
+                    b.release(&grant);
+                }
+                None => retries += 1,
+            }
+        }
+        if let Check::Granted(grant) = b.try_take(&req(0), now) {
+            let delay = if rng.u8(0..10) == 0 {
+                rng.u64(0..2 * window)
+            } else {
+                rng.u64(0..SEC)
+            };
+            handed.push((now.as_u64(), now.as_u64() + delay, grant));
+        }
+    }
+    starts.sort_unstable();
+    assert!(
+        starts.len() > 1000 && retries > 10,
+        "{} starts, {retries} retries",
+        starts.len()
+    );
+    assert!(max_in_any_window(&starts, window) <= rpm as usize);
+}
