@@ -456,7 +456,7 @@ def _text(value: object) -> str | None:
 def _safe_str(exc: BaseException) -> str:
     """``str(exc)``, at most ``_MAX_TEXT`` of it, or ``""`` if its ``__str__`` raises."""
     try:
-        return _plain_str(str(exc)) or ""
+        return (_plain_str(str(exc)) or "")[:_MAX_TEXT]
     except Exception:
         return ""
 
