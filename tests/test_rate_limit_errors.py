@@ -1,72 +1,115 @@
 """Recognising rate-limit errors and the waits they name, across LLM client libraries.
 
-Most cases use fakes shaped like each library's exceptions (the module is duck-typed and must
-not import them); openai and httpx are also tested with their real classes.
+The module is duck-typed (it imports none of these libraries), so it is tested on the real
+exception classes of the installed ones — openai, anthropic, LiteLLM, httpx, requests, aiohttp,
+urllib — built as each library builds them (issue 9, item 10). Google's (google-api-core,
+google-genai) are not installed here: look-alikes with their documented attributes stand in.
 """
 
 from __future__ import annotations
 
 import email.utils
+import io
+import json as jsonlib
 import time
 import urllib.error
 from collections.abc import Callable
 from email.message import Message
 from typing import Any
 
+import aiohttp
+import anthropic
 import httpx
+import litellm
+import multidict
 import openai
 import pytest
+import requests
+import yarl
 
 from crewthrottle._rate_limit_errors import is_rate_limit_error, retry_after
 
-# -- fakes shaped like the libraries' exceptions ----------------------------------------------
+# -- the libraries' own exceptions, made as the libraries make them ---------------------------
+
+REQUEST = httpx.Request("POST", "https://api.openai.com/v1/chat/completions")
 
 
-class FakeResponse:
-    """Like an httpx or requests response: ``status_code``, ``headers``, ``json()``."""
-
-    def __init__(
-        self, status_code: int = 429, headers: object = None, json_data: object = None
-    ) -> None:
-        self.status_code = status_code
-        self.headers = {} if headers is None else headers
-        self._json = json_data
-
-    def json(self) -> object:
-        if self._json is None:
-            raise ValueError("no JSON body")
-        return self._json
+def openai_error(
+    cls: Callable[..., openai.APIStatusError],
+    status: int,
+    error: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> openai.APIStatusError:
+    """An error as openai's client makes it: the body is the ``error`` object of the JSON."""
+    payload = {"error": error} if error is not None else None
+    response = httpx.Response(status, headers=headers, json=payload, request=REQUEST)
+    return cls(f"Error code: {status} - {payload}", response=response, body=error)
 
 
-class HTTPStatusError(Exception):
-    """httpx's and requests' shape: the status lives on ``response`` only."""
-
-    def __init__(self, status: int, headers: object = None, json_data: object = None) -> None:
-        super().__init__(f"Client error '{status}' for url 'https://api.example.com/v1'")
-        self.response = FakeResponse(status, headers, json_data)
-
-
-class APIStatusError(Exception):
-    """openai's and anthropic's shape: ``status_code``, ``body``, ``response``."""
-
-    def __init__(
-        self, status: int, body: object = None, headers: object = None, message: str = ""
-    ) -> None:
-        super().__init__(message or f"Error code: {status} - {body}")
-        self.status_code = status
-        self.body = body
-        self.response = FakeResponse(status, headers)
-        self.code = body.get("code") if isinstance(body, dict) else None
+def anthropic_error(
+    cls: Callable[..., anthropic.APIStatusError], status: int, body: dict[str, Any]
+) -> anthropic.APIStatusError:
+    """An error as anthropic's client makes it: the body is the whole decoded JSON."""
+    response = httpx.Response(status, json=body, request=REQUEST)
+    return cls(f"Error code: {status} - {body}", response=response, body=body)
 
 
-class RateLimitError(APIStatusError):
-    """Named like openai's, anthropic's and litellm's."""
+def litellm_error(status: int, message: str) -> Exception:
+    """LiteLLM's mapped exceptions, as its ``exception_type`` raises them."""
+    cls = {429: litellm.RateLimitError, 503: litellm.ServiceUnavailableError}[status]
+    response = httpx.Response(status, request=REQUEST)
+    return cls(message, llm_provider="openai", model="gpt-4o", response=response)  # type: ignore[no-any-return]
 
 
-class LiteLLMRateLimitError(RateLimitError):
-    def __init__(self, message: str, llm_provider: str, model: str) -> None:
-        super().__init__(429, message=f"litellm.RateLimitError: {message}")
-        self.llm_provider, self.model = llm_provider, model
+def raise_for_status(
+    status: int, headers: dict[Any, Any] | None = None, json: object = None
+) -> httpx.HTTPStatusError:
+    """httpx's own: ``Response.raise_for_status()``."""
+    with pytest.raises(httpx.HTTPStatusError) as info:
+        httpx.Response(status, headers=headers, json=json, request=REQUEST).raise_for_status()
+    return info.value
+
+
+def requests_response(
+    status: int, headers: dict[str, str] | None = None, json: object = None, stream: bool = False
+) -> requests.Response:
+    """A ``Response`` as requests' adapter builds one; unless ``stream``, its body is read, as
+    ``Session.send`` does."""
+    response = requests.Response()
+    response.status_code, response.reason = status, "Too Many Requests"
+    response.headers = requests.structures.CaseInsensitiveDict(headers or {})
+    response.raw = io.BytesIO(b"" if json is None else jsonlib.dumps(json).encode())
+    response.url = str(REQUEST.url)
+    if not stream:
+        assert response.content is not None
+    return response
+
+
+def requests_error(
+    status: int, headers: dict[str, str] | None = None, json: object = None
+) -> requests.HTTPError:
+    """requests' own: ``Response.raise_for_status()``."""
+    with pytest.raises(requests.HTTPError) as info:
+        requests_response(status, headers, json).raise_for_status()
+    return info.value
+
+
+def aiohttp_error(status: int, headers: dict[str, str] | None = None) -> Exception:
+    """aiohttp's own, with the arguments ``ClientResponse.raise_for_status()`` passes."""
+    url = yarl.URL(str(REQUEST.url))
+    info = aiohttp.RequestInfo(
+        url, "POST", multidict.CIMultiDictProxy(multidict.CIMultiDict()), url
+    )
+    return aiohttp.ClientResponseError(
+        info,
+        (),
+        status=status,
+        message="Too Many Requests",
+        headers=multidict.CIMultiDict(headers or {}),
+    )
+
+
+# -- look-alikes, for libraries not installed here (google-api-core, google-genai) ------------
 
 
 class GoogleAPICallError(Exception):
@@ -128,6 +171,10 @@ OPENAI_NO_CREDIT = {
     "param": None,
     "code": "insufficient_quota",
 }
+ANTHROPIC_RATE_LIMIT = {
+    "type": "error",
+    "error": {"type": "rate_limit_error", "message": "Number of request tokens has exceeded"},
+}
 ANTHROPIC_OVERLOADED = {
     "type": "error",
     "error": {"type": "overloaded_error", "message": "Overloaded"},
@@ -147,26 +194,36 @@ def chained(outer: BaseException, inner: BaseException, *, cause: bool = True) -
         return exc
 
 
-# -- is_rate_limit_error: fakes ---------------------------------------------------------------
+# -- is_rate_limit_error ---------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
     "exc",
     [
-        pytest.param(RateLimitError(429, OPENAI_RATE_LIMIT), id="openai-429"),
-        pytest.param(APIStatusError(429, OPENAI_RATE_LIMIT), id="openai-status-429"),
-        pytest.param(APIStatusError(503), id="openai-503"),
+        pytest.param(openai_error(openai.RateLimitError, 429, OPENAI_RATE_LIMIT), id="openai-429"),
         pytest.param(
-            APIStatusError(429, {"type": "error", "error": {"type": "rate_limit_error"}}),
-            id="anthropic-429",
+            openai_error(openai.APIStatusError, 429, OPENAI_RATE_LIMIT), id="openai-status"
         ),
-        pytest.param(APIStatusError(529, ANTHROPIC_OVERLOADED), id="anthropic-529"),
+        pytest.param(openai_error(openai.InternalServerError, 503), id="openai-503"),
         pytest.param(
-            APIStatusError(200, ANTHROPIC_OVERLOADED), id="anthropic-overloaded-in-stream"
+            anthropic_error(anthropic.RateLimitError, 429, ANTHROPIC_RATE_LIMIT), id="anthropic-429"
         ),
-        pytest.param(LiteLLMRateLimitError("Rate limit", "openai", "gpt-4o"), id="litellm"),
-        pytest.param(HTTPStatusError(429), id="httpx-or-requests-429"),
-        pytest.param(HTTPStatusError(503), id="httpx-or-requests-503"),
+        pytest.param(
+            anthropic_error(anthropic.OverloadedError, 529, ANTHROPIC_OVERLOADED),
+            id="anthropic-529",
+        ),
+        pytest.param(
+            anthropic_error(anthropic.APIStatusError, 200, ANTHROPIC_OVERLOADED),
+            id="anthropic-overloaded-in-stream",
+        ),
+        pytest.param(litellm_error(429, "Rate limit reached"), id="litellm-429"),
+        pytest.param(litellm_error(503, "Service unavailable"), id="litellm-503"),
+        pytest.param(raise_for_status(429), id="httpx-429"),
+        pytest.param(requests_error(429), id="requests-429"),
+        pytest.param(aiohttp_error(429), id="aiohttp-429"),
+        pytest.param(raise_for_status(503), id="httpx-503"),
+        pytest.param(requests_error(503), id="requests-503"),
+        pytest.param(aiohttp_error(503), id="aiohttp-503"),
         pytest.param(ResourceExhausted("quota"), id="google-ResourceExhausted"),
         pytest.param(TooManyRequests("slow down"), id="google-TooManyRequests"),
         pytest.param(
@@ -188,9 +245,14 @@ def test_rate_limit_and_overload_errors_are_recognised(exc: BaseException) -> No
 @pytest.mark.parametrize(
     "exc",
     [
-        pytest.param(APIStatusError(400, {"code": "invalid_request"}), id="400"),
-        pytest.param(APIStatusError(500), id="500"),
-        pytest.param(HTTPStatusError(404), id="404"),
+        pytest.param(
+            openai_error(openai.BadRequestError, 400, {"code": "invalid_request"}), id="400"
+        ),
+        pytest.param(openai_error(openai.InternalServerError, 500), id="500"),
+        pytest.param(anthropic_error(anthropic.InternalServerError, 500, {}), id="anthropic-500"),
+        pytest.param(raise_for_status(404), id="httpx-404"),
+        pytest.param(requests_error(404), id="requests-404"),
+        pytest.param(aiohttp_error(404), id="aiohttp-404"),
         pytest.param(ValueError("rate limit must be positive"), id="validation-text"),
         pytest.param(RuntimeError("processed 429 items"), id="a-number-in-text"),
         pytest.param(TypeError("no overloaded signature matches"), id="overloaded-in-text"),
@@ -207,21 +269,36 @@ def test_other_errors_are_not(exc: BaseException) -> None:
 @pytest.mark.parametrize(
     "exc",
     [
-        pytest.param(RateLimitError(429, OPENAI_NO_CREDIT), id="openai-insufficient_quota"),
         pytest.param(
-            APIStatusError(429, message="You exceeded your current quota, check billing."),
+            openai_error(openai.RateLimitError, 429, OPENAI_NO_CREDIT),
+            id="openai-insufficient_quota",
+        ),
+        pytest.param(
+            openai.APIStatusError(
+                "You exceeded your current quota, check billing.",
+                response=httpx.Response(429, request=REQUEST),
+                body=None,
+            ),
             id="quota-message-only",
         ),
         pytest.param(
-            RateLimitError(429, {**OPENAI_RATE_LIMIT, "message": "on requests per day (RPD)"}),
+            openai_error(
+                openai.RateLimitError,
+                429,
+                {**OPENAI_RATE_LIMIT, "message": "on requests per day (RPD)"},
+            ),
             id="openai-per-day",
         ),
         pytest.param(
             gemini_429("GenerateRequestsPerDayPerProjectPerModel-FreeTier", "23s"), id="gemini-day"
         ),
-        pytest.param(HTTPStatusError(429, json_data={"error": OPENAI_NO_CREDIT}), id="in-json()"),
+        pytest.param(raise_for_status(429, json={"error": OPENAI_NO_CREDIT}), id="httpx-json()"),
+        pytest.param(requests_error(429, json={"error": OPENAI_NO_CREDIT}), id="requests-json()"),
         pytest.param(
-            chained(RuntimeError("LLM call failed"), RateLimitError(429, OPENAI_NO_CREDIT)),
+            chained(
+                RuntimeError("LLM call failed"),
+                openai_error(openai.RateLimitError, 429, OPENAI_NO_CREDIT),
+            ),
             id="chained",
         ),
     ],
@@ -247,7 +324,7 @@ def test_status_codes_are_read_from_every_usual_attribute() -> None:
 
 
 def test_chains_are_walked_through_wrappers() -> None:
-    inner = RateLimitError(429, OPENAI_RATE_LIMIT)
+    inner = openai_error(openai.RateLimitError, 429, OPENAI_RATE_LIMIT)
     assert is_rate_limit_error(chained(RuntimeError("crew failed"), inner))
     assert is_rate_limit_error(chained(RuntimeError("crew failed"), inner, cause=False))
     deep: BaseException = inner
@@ -257,16 +334,18 @@ def test_chains_are_walked_through_wrappers() -> None:
 
 
 def test_suppressed_contexts_and_other_http_errors_hide_what_they_wrap() -> None:
-    inner = RateLimitError(429, OPENAI_RATE_LIMIT)
+    inner = openai_error(openai.RateLimitError, 429, OPENAI_RATE_LIMIT)
     try:
         try:
             raise inner
-        except RateLimitError:
+        except openai.RateLimitError:
             raise RuntimeError("swallowed") from None
     except RuntimeError as exc:
         assert not is_rate_limit_error(exc)
     # A 500 raised while handling a 429 is a 500.
-    assert not is_rate_limit_error(chained(APIStatusError(500), inner, cause=False))
+    assert not is_rate_limit_error(
+        chained(openai_error(openai.InternalServerError, 500), inner, cause=False)
+    )
 
 
 def test_cycles_and_very_long_chains_end() -> None:
@@ -274,7 +353,7 @@ def test_cycles_and_very_long_chains_end() -> None:
     a.__cause__, b.__cause__ = b, a
     assert not is_rate_limit_error(a)
     assert retry_after(a) is None
-    deep: BaseException = RateLimitError(429)
+    deep: BaseException = openai_error(openai.RateLimitError, 429)
     for _ in range(40):
         outer = RuntimeError("wrapper")
         outer.__cause__ = deep
@@ -320,21 +399,15 @@ def test_an_async_json_method_is_not_left_unawaited() -> None:
 
 
 def test_an_unread_streamed_requests_body_is_not_read() -> None:
-    class StreamedResponse(FakeResponse):
-        _content_consumed = False
-        read = False
-
-        def json(self) -> object:
-            self.read = True
-            return {"error": OPENAI_RATE_LIMIT}
-
+    """``requests.post(..., stream=True)``: reading the body would block on the network."""
+    streamed = requests_response(500, json={"error": OPENAI_RATE_LIMIT}, stream=True)
     exc = Exception("boom")
-    exc.response = StreamedResponse(500)  # type: ignore[attr-defined]
+    exc.response = streamed  # type: ignore[attr-defined]
     assert not is_rate_limit_error(exc)
-    assert not exc.response.read  # type: ignore[attr-defined]
+    assert not streamed.raw.tell(), "the streamed body was read"
 
 
-# -- retry_after: fakes ------------------------------------------------------------------------
+# -- retry_after ------------------------------------------------------------------------
 
 
 def http_date(offset: float) -> str:
@@ -369,11 +442,11 @@ def http_date(offset: float) -> str:
     ],
 )
 def test_retry_after_headers(headers: dict[Any, Any], expected: float) -> None:
-    assert retry_after(HTTPStatusError(429, headers)) == pytest.approx(expected)
+    assert retry_after(raise_for_status(429, headers)) == pytest.approx(expected)
 
 
 def test_retry_after_http_date_in_the_future() -> None:
-    wait = retry_after(HTTPStatusError(429, {"Retry-After": http_date(30)}))
+    wait = retry_after(raise_for_status(429, {"Retry-After": http_date(30)}))
     assert wait is not None
     assert 28 <= wait <= 30
 
@@ -384,7 +457,7 @@ def test_retry_after_http_date_in_the_future() -> None:
 )
 def test_garbage_header_values_are_ignored(value: str) -> None:
     for name in ("retry-after-ms", "retry-after", "x-ratelimit-reset-requests"):
-        assert retry_after(HTTPStatusError(429, {name: value})) is None, (name, value)
+        assert retry_after(raise_for_status(429, {name: value})) is None, (name, value)
 
 
 @pytest.mark.parametrize(
@@ -406,10 +479,10 @@ def test_headers_are_read_from_the_exception_when_there_is_no_response() -> None
 
 
 def test_retry_after_walks_the_chain() -> None:
-    inner = APIStatusError(429, headers={"retry-after": "5"})
+    inner = openai_error(openai.RateLimitError, 429, headers={"retry-after": "5"})
     assert retry_after(chained(RuntimeError("wrapper"), inner)) == 5.0
     assert retry_after(chained(RuntimeError("wrapper"), inner, cause=False)) == 5.0
-    outer = APIStatusError(429, headers={"retry-after": "1"})
+    outer = openai_error(openai.RateLimitError, 429, headers={"retry-after": "1"})
     assert retry_after(chained(outer, inner)) == 1.0, "the outermost wait wins"
 
 
@@ -421,25 +494,11 @@ def test_retry_after_reads_gemini_retry_info() -> None:
 
 def test_no_wait_named_is_none() -> None:
     assert retry_after(ValueError("x")) is None
-    assert retry_after(HTTPStatusError(429)) is None
-    assert retry_after(HTTPStatusError(429, {"content-type": "application/json"})) is None
+    assert retry_after(raise_for_status(429)) is None
+    assert retry_after(raise_for_status(429, {"content-type": "application/json"})) is None
 
 
 # -- the real openai and httpx classes ---------------------------------------------------------
-
-REQUEST = httpx.Request("POST", "https://api.openai.com/v1/chat/completions")
-
-
-def openai_error(
-    cls: Callable[..., openai.APIStatusError],
-    status: int,
-    error: dict[str, Any] | None = None,
-    headers: dict[str, str] | None = None,
-) -> openai.APIStatusError:
-    """An error as openai's client makes it: the body is the ``error`` object of the JSON."""
-    payload = {"error": error} if error is not None else None
-    response = httpx.Response(status, headers=headers, json=payload, request=REQUEST)
-    return cls(f"Error code: {status} - {payload}", response=response, body=error)
 
 
 def test_real_openai_errors() -> None:
@@ -462,12 +521,6 @@ def test_real_openai_retry_after() -> None:
     assert retry_after(openai_error(openai.RateLimitError, 429)) is None
 
 
-def raise_for_status(status: int, headers: dict[str, str] | None = None) -> httpx.HTTPStatusError:
-    with pytest.raises(httpx.HTTPStatusError) as info:
-        httpx.Response(status, headers=headers, request=REQUEST).raise_for_status()
-    return info.value
-
-
 def test_real_httpx_errors() -> None:
     assert is_rate_limit_error(raise_for_status(429))
     assert is_rate_limit_error(raise_for_status(503))
@@ -480,3 +533,18 @@ def test_real_httpx_errors() -> None:
     with pytest.raises(httpx.HTTPStatusError) as info:
         no_credit.raise_for_status()
     assert not is_rate_limit_error(info.value)
+
+
+def test_real_requests_and_aiohttp_retry_after() -> None:
+    assert retry_after(requests_error(429, {"Retry-After": "3"})) == 3.0
+    assert retry_after(requests_error(429, {"x-ratelimit-reset-tokens": "1.5s"})) == 1.5
+    assert retry_after(aiohttp_error(429, {"Retry-After": "4"})) == 4.0
+    assert retry_after(aiohttp_error(503, {"retry-after-ms": "250"})) == 0.25
+
+
+def test_real_anthropic_and_litellm_retry_after() -> None:
+    response = httpx.Response(429, headers={"retry-after": "7"}, request=REQUEST)
+    exc = anthropic.RateLimitError("429", response=response, body=ANTHROPIC_RATE_LIMIT)
+    assert retry_after(exc) == 7.0
+    wrapped = litellm.RateLimitError("429", "anthropic", "claude", response=response)
+    assert retry_after(wrapped) == 7.0

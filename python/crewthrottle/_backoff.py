@@ -69,10 +69,19 @@ class Backoff:
     seconds (at most ``max_delay``) with ``jitter`` ("full", "equal" or "none"), and at least
     as long as the provider's ``Retry-After`` when ``respect_retry_after``. A provider's wait
     longer than ``max_delay``, or past ``max_time``, gives up at once. With ``limiter``, the
-    provider's wait pauses every caller sharing it; with ``budget`` (a :class:`RetryBudget`),
-    retries are capped at a share of calls. When it gives up, the original exception
-    propagates with a note. ``on_retry(attempt, delay, exc)`` is called before each sleep;
-    ``seed`` makes the jitter repeatable.
+    provider's wait pauses every caller sharing it, for at most the longer of ``max_delay``
+    and the limiter's ``window`` (a rate limit resets within its window: an absurd
+    ``Retry-After`` cannot stop the limiter for years; ``limiter.resume()`` lifts a pause);
+    with ``budget`` (a :class:`RetryBudget`), retries are capped at a share of calls. When it
+    gives up, the original exception propagates with a note. ``on_retry(attempt, delay, exc)``
+    is called before each sleep; ``seed`` makes the jitter repeatable.
+
+    Ranges (a ``ValueError`` naming the argument outside them, a ``TypeError`` for a bool
+    or a non-number): ``1 <= max_tries <= 2**32 - 1``; ``base >= 0`` and finite;
+    ``factor >= 1`` and finite; ``0 <= max_delay <= 1e9`` (so every delay is one
+    ``time.sleep`` takes, however large ``base * factor**n`` grows: it saturates at
+    ``max_delay``); ``max_time`` None or finite and ``> 0``; ``seed`` None or
+    ``0 <= seed <= 2**64 - 1``.
     """
 
     def __init__(
@@ -188,8 +197,12 @@ class Backoff:
             return None
         wait = retry_after(exc) if self.respect_retry_after else None
         if self.limiter is not None and wait:
-            # Everyone sharing the limit holds off, whether or not this call retries.
-            _pause(self.limiter, wait, exc)
+            # Everyone sharing the limit holds off, whether or not this call retries — for at
+            # most the longer of max_delay and the limiter's window: a rate limit resets within
+            # its window, so a longer wait (`retry-after: 1e300`, issue 9) is no rate limit the
+            # limiter models, and must not stop it for years.
+            ceiling = max(self._schedule.max_delay, self.limiter.window)
+            _pause(self.limiter, min(wait, ceiling), exc)
         elapsed = time.monotonic() - started
         delay, reason = self._schedule.next(tries, elapsed, wait)
         if delay is None:
@@ -232,9 +245,7 @@ def _who(limiter: Limiter | None) -> str:
 
 def _pause(limiter: Limiter, seconds: float, exc: BaseException) -> None:
     """Pause ``limiter``, saying so once per pause: not when a pause was already in force."""
-    already = limiter.stats()["paused_for"] > 0
-    limiter.pause(seconds)
-    if not already:
+    if limiter.pause(seconds):
         limiter_logger.info(
             "%spaused for %.2f s: the provider asked to wait (%s)",
             _who(limiter),
@@ -248,15 +259,17 @@ def _pause(limiter: Limiter, seconds: float, exc: BaseException) -> None:
 backoff = Backoff
 
 
-def _token_counter(tokens: Tokens) -> Callable[..., int]:
+def _token_counter(tokens: Tokens, limiter: Limiter) -> Callable[..., int]:
     if callable(tokens):
         return tokens
     if isinstance(tokens, bool) or not isinstance(tokens, int):
         raise TypeError(
             f"tokens must be an int or a function of the call's arguments, got {tokens!r}"
         )
-    if tokens < 0:
-        raise ValueError(f"tokens must be >= 0, got {tokens}")
+    # A size the limiter could never grant fails here, not at every call.
+    most = limiter.tpm if limiter.tpm is not None else 2**64 - 1
+    if not 0 <= tokens <= most:
+        raise ValueError(f"tokens must be in [0, {most}] (the limiter's tpm), got {tokens}")
     return lambda *args, **kwargs: tokens
 
 
@@ -268,14 +281,15 @@ def throttle(
     With ``retry`` (a :func:`backoff` policy), the permit is given back before every retry
     delay, so a retrying call never sits on a concurrency slot while it sleeps, and a
     provider's ``Retry-After`` pauses ``limiter`` for everyone. ``tokens`` is the request's
-    size: an int, or a function of the call's arguments returning one.
+    size: an int from 0 to the limiter's ``tpm`` (``ValueError`` otherwise), or a function
+    of the call's arguments returning one.
     """
     if not isinstance(limiter, Limiter):
         raise TypeError(f"limiter must be a crewthrottle.Limiter, got {type(limiter).__name__}")
     if retry is not None and not isinstance(retry, Backoff):
         raise TypeError(f"retry must be a crewthrottle.backoff(...), got {type(retry).__name__}")
     policy = retry.with_limiter(limiter) if retry is not None and retry.limiter is None else retry
-    count = _token_counter(tokens)
+    count = _token_counter(tokens, limiter)
 
     def decorate(function: Callable[P, R]) -> Callable[P, R]:
         if is_async(function):

@@ -32,15 +32,28 @@ class AcquireTimeout(TimeoutError):
 @disjoint_base
 class Semaphore:
     """A counting semaphore, a drop-in for ``threading.Semaphore``, that also serves any
-    number of event loops (``async with``, ``acquire_async``). Waiters are served in order."""
+    number of event loops (``async with``, ``acquire_async``). Waiters are served in order.
 
-    def __new__(cls, value: int = 1) -> Self: ...
+    Takes every argument ``threading.Semaphore`` takes, with the same meaning: ``value`` and
+    ``n`` are ints (``bool`` and ``__index__`` integers included), a ``timeout`` of zero or
+    less does not wait, ``blocking`` is read for truth. It is set up by ``__init__``, so a
+    subclass may take arguments of its own and call ``super().__init__(value)``. Differences
+    (see the README): a float ``value`` or ``n`` is a ``TypeError`` (threading's fractional
+    counts never block); a NaN timeout is a ``ValueError`` (threading spins on it); a
+    timeout too large for ``threading`` (``OverflowError``) waits forever; counts are at most
+    ``2**64 - 1`` (``ValueError`` beyond, also for a release that would pass it)."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Self: ...
+    def __init__(self, value: int = 1) -> None:
+        """Set the value (``value >= 0``), as threading's ``__init__`` does."""
     def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
-        """Take a permit, waiting with the GIL released; False if ``timeout`` seconds pass."""
+        """Take a permit, waiting with the GIL released; False if ``timeout`` seconds pass
+        (None or infinity: wait forever; zero or less: do not wait)."""
     def acquire_async(self, timeout: float | None = None) -> Awaitable[bool]:
-        """Await a permit without blocking the loop; False if ``timeout`` seconds pass."""
+        """Await a permit without blocking the loop; False if ``timeout`` seconds pass
+        (None or infinity: wait forever; zero or less: do not wait)."""
     def release(self, n: int = 1) -> None:
-        """Give back ``n`` permits."""
+        """Give back ``n >= 1`` permits."""
     def stats(self) -> SemaphoreStats:
         """Counters: waiting, acquired, timeouts, cancelled, total/max wait (seconds), value."""
     def __enter__(self) -> bool: ...
@@ -67,7 +80,14 @@ class BoundedSemaphore(Semaphore):
 class TokenBucket:
     """A GCRA token bucket: ``rate`` tokens every ``per`` seconds, at most ``burst`` at once
     (default: ``rate`` rounded down, at least 1). Waiters are served in order, so a large
-    request is not starved by small ones."""
+    request is not starved by small ones.
+
+    Ranges (``ValueError`` naming the argument outside them; ``TypeError`` for a bool or a
+    non-number): ``rate`` finite and ``> 0``; ``0 < per <= 1e9`` seconds; ``1 <= burst <=
+    2**32 - 1``; at most one token per nanosecond (``per / rate >= 1e-9``); a full burst
+    refilled within 1e9 seconds (``per / rate * burst <= 1e9``). ``n``: ``1 <= n <= burst``.
+    ``timeout``: None or seconds ``>= 0`` (infinity, or one too long to represent, waits
+    forever)."""
 
     def __new__(cls, rate: float, per: float = 1.0, burst: int | None = None) -> Self: ...
     @property
@@ -83,7 +103,8 @@ class TokenBucket:
     def acquire_async(self, n: int = 1, timeout: float | None = None) -> Awaitable[bool]:
         """Await ``n`` tokens; False if ``timeout`` seconds pass first."""
     def pause(self, seconds: float) -> None:
-        """Grant nothing for ``seconds`` (a longer pause wins over a shorter one)."""
+        """Grant nothing for ``seconds`` (``0 <= seconds <= 1e9``; a longer pause wins over
+        a shorter one)."""
     def stats(self) -> WaitStats: ...
 
 @final
@@ -128,7 +149,15 @@ class Limiter:
     Each start stays counted for ``window + margin`` seconds (default margin ``window / 200``,
     at least 50 ms, at most ``window / 10``), covering the jitter between a permit's grant and
     the provider counting the request.
-    Waiters are served first come, first served, with the GIL released."""
+    Waiters are served first come, first served, with the GIL released.
+
+    Ranges (``ValueError`` naming the argument outside them; ``TypeError`` for a bool or a
+    non-int count): ``max_concurrent``, ``rpm``, ``tpm``: None or ``1 <= n <= 2**53``, and
+    ``rpm`` at most one request per nanosecond of ``window``; ``0 < window <= 1e9`` seconds;
+    ``burst``: ``1 <= burst <= min(rpm, 2**32 - 1)``, only with ``rpm``;
+    ``0 <= margin <= window``. ``tokens``: ``0 <= tokens <= tpm`` (``2**64 - 1`` without
+    ``tpm``). ``timeout``: None or seconds ``>= 0`` (infinity, or one too long to represent,
+    waits forever)."""
 
     def __new__(
         cls,
@@ -163,7 +192,11 @@ class Limiter:
     def acquire_async(self, tokens: int = 0, *, timeout: float | None = None) -> Awaitable[Permit]:
         """Await a permit without blocking the event loop."""
     def pause(self, seconds: float) -> None:
-        """Grant no new permit for ``seconds`` (a provider said Retry-After)."""
+        """Grant no new permit for ``seconds`` (a provider said Retry-After), at most 1e9
+        (about 31 years; ``ValueError`` beyond). A longer pause wins over a shorter one."""
+    def resume(self) -> None:
+        """Lift a pause at once, whoever set it (``pause()`` or ``backoff``'s Retry-After);
+        the other limits still hold."""
     def as_langchain(self) -> Any:
         """This limiter as a LangChain ``BaseRateLimiter`` (``crewthrottle[langchain]``)."""
     def stats(self) -> LimiterStats: ...
@@ -191,7 +224,11 @@ class Limiter:
 class RetryBudget:
     """Retries allowed only up to ``ratio`` of the first attempts of the last ``window``
     seconds, plus ``min_retries_per_s``; shared by every thread and task (as gRPC's retry
-    throttling and Finagle's RetryBudget), so retries cannot amplify a storm."""
+    throttling and Finagle's RetryBudget), so retries cannot amplify a storm.
+
+    Ranges (``ValueError`` naming the argument outside them; ``TypeError`` for a bool or a
+    non-number): ``0 <= ratio <= 1000``; ``min_retries_per_s`` finite and ``>= 0`` (the
+    allowance saturates, it never wraps); ``1e-9 <= window <= 1e9`` seconds."""
 
     def __new__(
         cls, ratio: float = 0.2, min_retries_per_s: float = 1.0, window: float = 10.0

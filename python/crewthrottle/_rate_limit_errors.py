@@ -13,20 +13,30 @@ their exception classes move. An exception is read through the attributes those 
 
 The chain of ``__cause__`` and ``__context__`` is walked too, so wrappers (LangChain, CrewAI,
 ``raise MyError(...) from exc``) are seen through.
+
+Both public functions run inside the ``except`` blocks of retry loops, where an exception of
+their own would replace the provider's error: they never raise (issue 9). Every value read from
+an exception goes through ``_plain_*``, which copies a ``str``/``int``/``dict``/``list``
+subclass to its base type without calling the subclass's methods (they may raise), and whatever
+still goes wrong in one link of the chain makes that link say nothing.
 """
 
 from __future__ import annotations
 
 import email.utils
 import inspect
+import itertools
 import json
 import math
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from datetime import timezone
+from typing import Any, TypeGuard, TypeVar
 
 __all__ = ["is_rate_limit_error", "retry_after"]
+
+_T = TypeVar("_T")
 
 #: HTTP statuses that mean "slow down": too many requests, unavailable, Anthropic's overloaded.
 _RATE_LIMIT_STATUSES = frozenset({429, 503, 529})
@@ -82,6 +92,13 @@ _SHORT_WINDOW_TEXT = re.compile(r"per[ _-]?(?:minute|second)", re.IGNORECASE)
 #: How many exceptions of a ``__cause__``/``__context__`` chain are looked at, at most.
 _MAX_CHAIN = 16
 
+#: Bounds on what is read, so a huge or endless body or header mapping cannot hang a retry
+#: loop: text searched (str(exc), bodies), header pairs, list items, and a header value's
+#: length (an HTTP date is 29 characters; a longer wait value is no wait).
+_MAX_TEXT = 65_536
+_MAX_ITEMS = 256
+_MAX_HEADER_VALUE = 64
+
 #: Go-style durations as OpenAI sends in ``x-ratelimit-reset-*``: "6m0s", "1.5s", "20ms".
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h|d)")
 _DURATION_UNITS = {
@@ -107,14 +124,17 @@ def is_rate_limit_error(exc: BaseException) -> bool:
     ``insufficient_quota``, Gemini's per-day quotas): retrying cannot succeed before tomorrow.
     False also for ``KeyboardInterrupt``, ``SystemExit`` and other non-``Exception`` errors.
     """
-    if not isinstance(exc, Exception):
-        return False
-    rate_limited = False
-    for link in _chain(exc, stop=_is_other_http_error):
-        if _quota_exhausted(link):
+    try:
+        if not _is(exc, Exception):
             return False
-        rate_limited = rate_limited or _says_rate_limited(link)
-    return rate_limited
+        rate_limited = False
+        for link in _chain(exc, stop=_is_other_http_error):
+            if _quietly(_quota_exhausted, link):
+                return False
+            rate_limited = rate_limited or bool(_quietly(_says_rate_limited, link))
+        return rate_limited
+    except Exception:  # documented never to raise: an unreadable exception is no rate limit
+        return False
 
 
 def retry_after(exc: BaseException) -> float | None:
@@ -128,13 +148,24 @@ def retry_after(exc: BaseException) -> float | None:
     ``__cause__``/``__context__`` chain that names a wait wins. Never negative; unparseable
     values are ignored; never raises.
     """
-    for link in _chain(exc):
-        wait = _header_wait(link)
-        if wait is None:
-            wait = _body_retry_delay(link)
-        if wait is not None:
-            return wait
-    return None
+    try:
+        for link in _chain(exc):
+            wait = _quietly(_header_wait, link)
+            if wait is None:
+                wait = _quietly(_body_retry_delay, link)
+            if wait is not None:
+                return wait
+        return None
+    except Exception:  # documented never to raise: an unreadable exception names no wait
+        return None
+
+
+def _quietly(read: Callable[[BaseException], _T], link: BaseException) -> _T | None:
+    """``read(link)``, or ``None`` if a hostile part of ``link`` made it raise."""
+    try:
+        return read(link)
+    except Exception:
+        return None
 
 
 # -- walking the chain -----------------------------------------------------------------------
@@ -158,9 +189,12 @@ def _chain(
         yield link
         if stop is not None and stop(link):
             continue
-        context = None if link.__suppress_context__ else link.__context__
+        # Through _attr: a subclass may make these properties that raise.
+        suppressed = _attr(link, "__suppress_context__") is not False
+        context = None if suppressed else _attr(link, "__context__")
         # Pushed so that the explicit cause is visited before the implicit context.
-        stack.extend(e for e in (context, link.__cause__) if isinstance(e, BaseException))
+        causes = (context, _attr(link, "__cause__"))
+        stack.extend(e for e in causes if _is(e, BaseException))
 
 
 def _is_other_http_error(exc: BaseException) -> bool:
@@ -178,11 +212,11 @@ def _is_other_http_error(exc: BaseException) -> bool:
 
 def _says_rate_limited(exc: BaseException) -> bool:
     """Whether this one exception, without its chain, reads as a rate limit or overload."""
-    if not isinstance(exc, Exception):
+    if not _is(exc, Exception):
         return False
     if _own_status(exc) in _RATE_LIMIT_STATUSES:
         return True
-    if any(c.__name__ in _RATE_LIMIT_CLASS_NAMES for c in type(exc).__mro__):
+    if any(_plain_str(_attr(c, "__name__")) in _RATE_LIMIT_CLASS_NAMES for c in _mro(exc)):
         return True
     bodies = _bodies(exc)
     if any(_status_of(v) in _RATE_LIMIT_STATUSES for v in _error_fields(exc, bodies)):
@@ -194,8 +228,9 @@ def _says_rate_limited(exc: BaseException) -> bool:
 
 def _quota_exhausted(exc: BaseException) -> bool:
     """Whether this exception says the account's money or daily quota is spent."""
-    fields = [v for v in _error_fields(exc, []) if isinstance(v, str)]
-    text = " ".join([_safe_str(exc), *fields, *(_dump(b) for b in _bodies(exc))])
+    fields = [_plain_str(v) for v in _error_fields(exc, [])]
+    texts = [_safe_str(exc), *(f for f in fields if f is not None)]
+    text = " ".join([*texts, *(_dump(b) for b in _bodies(exc))])
     if _EXHAUSTED_TEXT.search(text):
         return True
     return bool(_QUOTA_TEXT.search(text)) and not _SHORT_WINDOW_TEXT.search(text)
@@ -238,10 +273,10 @@ def _response_json(response: object) -> object:
         return None
     try:
         result = method()
+        if inspect.iscoroutine(result):  # aiohttp: never leave a coroutine un-awaited
+            result.close()
+            return None
     except Exception:
-        return None
-    if inspect.iscoroutine(result):  # aiohttp: never leave a coroutine un-awaited
-        result.close()
         return None
     return result
 
@@ -273,13 +308,13 @@ def _header_lookup(headers: object) -> Callable[[str], str | None]:
     found: dict[str, str] = {}
     items = _attr(headers, "items")
     try:
-        pairs = items() if callable(items) else ()
-        for pair in pairs if isinstance(pairs, Iterable) else ():
-            if isinstance(pair, tuple) and len(pair) == 2:
-                key, value = _text(pair[0]), _text(pair[1])
+        pairs: Any = items() if callable(items) else ()  # not iterable: TypeError, caught
+        for pair in itertools.islice(pairs, _MAX_ITEMS):
+            if _is(pair, tuple) and tuple.__len__(pair) == 2:
+                key, value = (_text(tuple.__getitem__(pair, i)) for i in (0, 1))
                 if key is not None and value is not None:
                     found.setdefault(key.strip().lower(), value.strip())
-    except Exception:  # a broken mapping names no wait
+    except Exception:  # a broken mapping names no more waits
         pass
     return found.get
 
@@ -288,9 +323,8 @@ def _body_retry_delay(exc: BaseException) -> float | None:
     """Gemini's ``google.rpc.RetryInfo`` ``retryDelay`` ("23s") in the error body, in seconds."""
     for body in _bodies(exc):
         for part in (body, _get(body, "error")):
-            details = _get(part, "details")
-            for detail in details if isinstance(details, list) else ():
-                if "RetryInfo" in str(_get(detail, "@type")):
+            for detail in _plain_list(_get(part, "details")):
+                if "RetryInfo" in (_plain_str(_get(detail, "@type")) or ""):
                     wait = _duration(_get(detail, "retryDelay"))
                     if wait is not None:
                         return wait
@@ -299,10 +333,11 @@ def _body_retry_delay(exc: BaseException) -> float | None:
 
 def _seconds(value: object) -> float | None:
     """A non-negative, finite number of seconds written as a decimal, or ``None``."""
-    if not isinstance(value, str):
+    text = _plain_str(value)
+    if text is None or len(text) > _MAX_HEADER_VALUE:
         return None
     try:
-        number = float(value)
+        number = float(text)
     except ValueError:
         return None
     return number if math.isfinite(number) and number >= 0 else None
@@ -310,23 +345,26 @@ def _seconds(value: object) -> float | None:
 
 def _http_date_wait(value: object) -> float | None:
     """Seconds from now until an HTTP date (``Wed, 21 Oct 2015 07:28:00 GMT``), at least 0."""
-    if not isinstance(value, str):
+    text = _plain_str(value)
+    if text is None or len(text) > _MAX_HEADER_VALUE:
         return None
     try:
-        when = email.utils.parsedate_to_datetime(value)
-    except Exception:  # TypeError or ValueError, by Python version
+        when = email.utils.parsedate_to_datetime(text)
+        if when.tzinfo is None:  # "-0000" gives a naive datetime; HTTP dates are UTC
+            when = when.replace(tzinfo=timezone.utc)
+        wait = when.timestamp() - time.time()
+    except Exception:  # TypeError or ValueError by Python version; OverflowError near year 1
         return None
-    if when.tzinfo is None:  # "-0000" gives a naive datetime; HTTP dates are UTC
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, when.timestamp() - time.time())
+    return max(0.0, wait)
 
 
 def _duration(value: object) -> float | None:
     """Seconds in a Go-style duration ("1h2m3.5s", "20ms") or a bare number of seconds."""
     plain = _seconds(value)
-    if plain is not None or not isinstance(value, str):
+    text = _plain_str(value)
+    if plain is not None or text is None or len(text) > _MAX_HEADER_VALUE:
         return plain
-    text = value.strip()
+    text = text.strip()
     parts = list(_DURATION_PART.finditer(text))
     if not parts or "".join(p.group(0) for p in parts) != text:
         return None
@@ -335,6 +373,12 @@ def _duration(value: object) -> float | None:
 
 
 # -- defensive access ------------------------------------------------------------------------
+
+
+def _is(value: object, cls: type[_T]) -> TypeGuard[_T]:
+    """``isinstance`` by the object's real type: ``isinstance`` also reads ``__class__``,
+    which a hostile object may make raise."""
+    return issubclass(type(value), cls)
 
 
 def _attr(obj: object, name: str) -> object:
@@ -347,48 +391,72 @@ def _attr(obj: object, name: str) -> object:
         return None
 
 
+def _mro(exc: BaseException) -> tuple[type, ...]:
+    """The classes of ``exc``, read from its real type."""
+    return type.__dict__["__mro__"].__get__(type(exc))  # type: ignore[no-any-return]
+
+
 def _get(mapping: object, key: str) -> object:
-    """``mapping[key]`` for a dict, else ``None``."""
-    return mapping.get(key) if isinstance(mapping, dict) else None
+    """``mapping[key]`` for a dict (a subclass's own ``get`` is not called), else ``None``."""
+    return dict.get(mapping, key) if _is(mapping, dict) else None
+
+
+def _plain_str(value: object) -> str | None:
+    """A ``str`` (a subclass copied to a plain one without calling its methods), else None."""
+    return str.__str__(value) if _is(value, str) else None
+
+
+def _plain_list(value: object) -> list[object]:
+    """The first items of a list (a subclass's own ``__iter__`` is not called), else []."""
+    if not _is(value, list):
+        return []
+    return list(itertools.islice(list.__iter__(value), _MAX_ITEMS))
 
 
 def _maybe_json(body: object) -> object:
-    """A body as decoded JSON when it is a JSON string, else as it is."""
-    if isinstance(body, (str, bytes)) and body[:1] in ("{", b"{"):
+    """A body as decoded JSON when it is a JSON string, else as it is (str and bytes plain)."""
+    text: str | bytes | None = bytes(memoryview(body)) if _is(body, bytes) else _plain_str(body)
+    if text is None:
+        return body
+    if text[:1] in ("{", b"{") and len(text) <= _MAX_TEXT:
         try:
-            return json.loads(body)
-        except ValueError:
-            return body
-    return body
+            return json.loads(text)
+        except (ValueError, RecursionError):
+            pass
+    return text
 
 
 def _status_of(value: object) -> int | None:
-    """An HTTP status (100-599) from an int or a string of digits, else ``None``."""
-    if isinstance(value, bool):
+    """An HTTP status (100-599) from an int or a string of three digits, else ``None``."""
+    if _is(value, bool):
         return None
-    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
-        value = int(value)
-    if isinstance(value, int) and 100 <= value <= 599:
-        return int(value)
+    text = _plain_str(value)
+    if text is not None:
+        text = text.strip()
+        value = int(text) if len(text) == 3 and text.isascii() and text.isdigit() else None
+    if _is(value, int):
+        status = int.__index__(value)
+        return status if 100 <= status <= 599 else None
     return None
 
 
 def _id_of(value: object) -> str | None:
     """An error code or type, lower-cased, from a string value."""
-    return value.strip().lower() if isinstance(value, str) else None
+    text = _plain_str(value)
+    return text.strip().lower() if text is not None else None
 
 
 def _text(value: object) -> str | None:
     """A header name or value as text (bytes are Latin-1, as HTTP/1.1 has it)."""
-    if isinstance(value, bytes):
-        return value.decode("latin-1")
-    return value if isinstance(value, str) else None
+    if _is(value, bytes):
+        return bytes(memoryview(value)).decode("latin-1")
+    return _plain_str(value)
 
 
 def _safe_str(exc: BaseException) -> str:
-    """``str(exc)``, or ``""`` if its ``__str__`` raises."""
+    """``str(exc)``, at most ``_MAX_TEXT`` of it, or ``""`` if its ``__str__`` raises."""
     try:
-        return str(exc)
+        return (_plain_str(str(exc)) or "")[:_MAX_TEXT]
     except Exception:
         return ""
 
@@ -396,6 +464,6 @@ def _safe_str(exc: BaseException) -> str:
 def _dump(body: object) -> str:
     """A body as text to search, whatever its type."""
     try:
-        return json.dumps(body, default=str)
+        return json.dumps(body, default=lambda o: _plain_str(o) or repr(type(o)))[:_MAX_TEXT]
     except Exception:
         return ""

@@ -13,6 +13,8 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
+use super::error::MAX_SPAN_SECS;
+
 /// How a delay is randomised, so that many clients that failed together do not retry together.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Jitter {
@@ -93,7 +95,8 @@ pub enum ScheduleError {
     Base(f64),
     /// `factor` was below 1 or not finite.
     Factor(f64),
-    /// `max_delay` was negative or not finite.
+    /// `max_delay` was negative, not finite, or above [`MAX_SPAN_SECS`] (which `time.sleep`
+    /// still takes: it refuses about 9.2e9 s).
     MaxDelay(f64),
     /// `max_time` was not positive or not finite.
     MaxTime(f64),
@@ -106,7 +109,10 @@ impl fmt::Display for ScheduleError {
             ScheduleError::Base(v) => write!(f, "base must be a finite number >= 0, got {v}"),
             ScheduleError::Factor(v) => write!(f, "factor must be a finite number >= 1, got {v}"),
             ScheduleError::MaxDelay(v) => {
-                write!(f, "max_delay must be a finite number >= 0, got {v}")
+                write!(
+                    f,
+                    "max_delay must be a number of seconds in [0, {MAX_SPAN_SECS:e}], got {v}"
+                )
             }
             ScheduleError::MaxTime(v) => {
                 write!(f, "max_time must be None or a finite number > 0, got {v}")
@@ -168,7 +174,8 @@ impl Schedule {
     ///
     /// # Errors
     /// A [`ScheduleError`] naming the first argument out of range: `max_tries >= 1`,
-    /// `base >= 0`, `factor >= 1`, `max_delay >= 0`, `max_time > 0`, all finite.
+    /// `base >= 0`, `factor >= 1`, `0 <= max_delay <= MAX_SPAN_SECS`, `max_time > 0`, all
+    /// finite. So every delay is finite and at most `max_delay`, whatever `base` and `factor`.
     pub fn new(
         max_tries: u32,
         base: f64,
@@ -186,7 +193,7 @@ impl Schedule {
         if !(factor.is_finite() && factor >= 1.0) {
             return Err(ScheduleError::Factor(factor));
         }
-        if !(max_delay.is_finite() && max_delay >= 0.0) {
+        if !(0.0..=MAX_SPAN_SECS).contains(&max_delay) {
             return Err(ScheduleError::MaxDelay(max_delay));
         }
         if let Some(t) = max_time.filter(|t| !(t.is_finite() && *t > 0.0)) {
@@ -396,17 +403,31 @@ mod tests {
     #[test]
     fn huge_powers_saturate_instead_of_panicking() {
         let mut rng = fastrand::Rng::with_seed(7);
-        let s = Schedule::new(u32::MAX, 1.0, 1e308, 1e300, None, Jitter::None).unwrap();
-        assert_eq!(s.capped_secs(u32::MAX), 1e300);
-        assert_eq!(s.delay(u32::MAX, &mut rng), Duration::MAX);
+        let s = Schedule::new(u32::MAX, 1e300, 1e308, MAX_SPAN_SECS, None, Jitter::None).unwrap();
+        assert_eq!(s.capped_secs(u32::MAX), MAX_SPAN_SECS);
+        let longest = Duration::from_secs(MAX_SPAN_SECS as u64);
+        assert_eq!(s.delay(u32::MAX, &mut rng), longest);
         let zero = Schedule::new(4, 0.0, 1e308, 30.0, None, Jitter::Full).unwrap();
         assert_eq!(zero.delay(u32::MAX, &mut rng), Duration::ZERO);
         let flat = Schedule::new(4, 2.0, 1.0, 30.0, None, Jitter::None).unwrap();
         assert_eq!(flat.delay(u32::MAX, &mut rng), Duration::from_secs(2));
         assert_eq!(
-            s.next(u32::MAX - 1, Duration::MAX, Some(Duration::MAX), &mut rng),
-            Decision::Retry(Duration::MAX)
+            s.next(u32::MAX - 1, Duration::MAX, Some(longest), &mut rng),
+            Decision::Retry(longest)
         );
+        assert_eq!(
+            s.next(u32::MAX - 1, Duration::MAX, Some(Duration::MAX), &mut rng),
+            Decision::GiveUp(GiveUpReason::RetryAfterTooLong)
+        );
+    }
+
+    #[test]
+    fn max_delay_is_at_most_max_span() {
+        assert!(Schedule::new(4, 0.5, 2.0, MAX_SPAN_SECS, None, Jitter::Full).is_ok());
+        for bad in [MAX_SPAN_SECS * 1.01, 1e300, f64::INFINITY, f64::NAN, -1.0] {
+            let err = Schedule::new(4, 0.5, 2.0, bad, None, Jitter::Full).unwrap_err();
+            assert!(matches!(err, ScheduleError::MaxDelay(_)), "{err}");
+        }
     }
 
     #[test]

@@ -55,6 +55,19 @@ pub fn check_seconds(
     Ok(secs)
 }
 
+/// Checks a span of time given in seconds: as [`check_seconds`], and at most
+/// [`MAX_SPAN_SECS`] (a window, a period, a pause).
+pub fn check_span(name: &'static str, secs: f64, positive: bool) -> Result<f64, InvalidArgument> {
+    let secs = check_seconds(name, secs, positive)?;
+    if secs > MAX_SPAN_SECS {
+        return Err(InvalidArgument::new(
+            name,
+            format!("must be at most {MAX_SPAN_SECS:e} seconds (about 31 years), got {secs}"),
+        ));
+    }
+    Ok(secs)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -66,5 +79,16 @@ mod tests {
         assert!(check_seconds("timeout", f64::NAN, false).is_err());
         assert!(check_seconds("timeout", 0.0, false).is_ok());
         assert!(check_seconds("window", 0.0, true).is_err());
+    }
+
+    #[test]
+    fn a_span_is_at_most_max_span() {
+        assert_eq!(
+            check_span("seconds", MAX_SPAN_SECS, false),
+            Ok(MAX_SPAN_SECS)
+        );
+        let err = check_span("seconds", MAX_SPAN_SECS * 1.5, false).unwrap_err();
+        assert_eq!(err.name, "seconds");
+        assert!(check_span("seconds", f64::MAX, false).is_err());
     }
 }

@@ -187,6 +187,11 @@ impl LimiterBudget {
         self.blocked
     }
 
+    /// Lifts the pause in force, if any.
+    pub fn resume(&mut self) {
+        self.paused_until = Nanos::new(0);
+    }
+
     /// The end of the pause in force at `now`, if any.
     pub fn paused_until(&self, now: Nanos) -> Option<Nanos> {
         (self.paused_until > now).then_some(self.paused_until)

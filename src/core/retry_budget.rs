@@ -24,6 +24,7 @@ use std::fmt;
 use std::time::Duration;
 
 use super::clock::{nanos_of, Clock};
+use super::error::MAX_SPAN_SECS;
 use super::fork::{AfterFork, ForkableMutex, Survivors};
 
 /// The number of slices the window is cut into.
@@ -42,7 +43,7 @@ pub enum BudgetError {
     Ratio(f64),
     /// `min_retries_per_s` was negative or not finite.
     MinRetriesPerSec(f64),
-    /// `window` was zero.
+    /// `window` was zero or longer than [`MAX_SPAN_SECS`].
     Window(Duration),
 }
 
@@ -55,7 +56,11 @@ impl fmt::Display for BudgetError {
             BudgetError::MinRetriesPerSec(v) => {
                 write!(f, "min_retries_per_s must be a finite number >= 0, got {v}")
             }
-            BudgetError::Window(v) => write!(f, "window must be > 0 seconds, got {v:?}"),
+            BudgetError::Window(v) => write!(
+                f,
+                "window must be between 1e-9 and {MAX_SPAN_SECS:e} seconds, got {} s",
+                v.as_secs_f64()
+            ),
         }
     }
 }
@@ -140,7 +145,7 @@ impl RetryBudget {
     ///
     /// # Errors
     /// A [`BudgetError`] naming the first argument out of range: `0 <= ratio <= 1000`,
-    /// `min_retries_per_s >= 0`, both finite; `window > 0`.
+    /// `min_retries_per_s >= 0`, both finite; `1 ns <= window <= MAX_SPAN_SECS`.
     pub fn new(
         ratio: f64,
         min_retries_per_s: f64,
@@ -153,7 +158,7 @@ impl RetryBudget {
         if !(min_retries_per_s.is_finite() && min_retries_per_s >= 0.0) {
             return Err(BudgetError::MinRetriesPerSec(min_retries_per_s));
         }
-        if window.is_zero() {
+        if window.is_zero() || window.as_secs_f64() > MAX_SPAN_SECS {
             return Err(BudgetError::Window(window));
         }
         Ok(RetryBudget {
@@ -187,8 +192,9 @@ impl RetryBudget {
     pub fn record_call(&self) {
         let mut state = self.state.lock();
         let epoch = self.epoch();
-        state.current(epoch).calls += 1;
-        state.totals.calls += 1;
+        let slot = state.current(epoch);
+        slot.calls = slot.calls.saturating_add(1);
+        state.totals.calls = state.totals.calls.saturating_add(1);
     }
 
     /// Spends one retry if the budget allows it; `false` means do not retry.
@@ -200,10 +206,11 @@ impl RetryBudget {
         let (calls, retries) = state.live();
         let allowed = self.allowance(calls) >= retries.saturating_add(1).saturating_mul(UNIT);
         if allowed {
-            state.current(epoch).retries += 1;
-            state.totals.retries += 1;
+            let slot = state.current(epoch);
+            slot.retries = slot.retries.saturating_add(1);
+            state.totals.retries = state.totals.retries.saturating_add(1);
         } else {
-            state.totals.refused += 1;
+            state.totals.refused = state.totals.refused.saturating_add(1);
         }
         allowed
     }
@@ -295,7 +302,9 @@ mod tests {
         }
         assert!(err(RetryBudget::new(0.2, 0.0, Duration::ZERO, c())).starts_with("window"));
         assert!(RetryBudget::new(MAX_RATIO, 0.0, Duration::from_nanos(1), c()).is_ok());
-        assert!(RetryBudget::new(0.0, 0.0, Duration::MAX, c()).is_ok());
+        assert!(RetryBudget::new(0.0, 0.0, Duration::MAX, c()).is_err());
+        let longest = Duration::from_secs(MAX_SPAN_SECS as u64);
+        assert!(RetryBudget::new(MAX_RATIO, f64::MAX, longest, c()).is_ok());
     }
 
     #[test]

@@ -77,7 +77,8 @@ impl Resource for SemaphoreCount {
 
     fn give_back(&mut self, _grant: (), _now: Nanos) {
         // A grant abandoned at the moment it was made: put the permit back, bound or not.
-        self.value += 1;
+        // Saturating: a release of 2**64 - 1 in between must not wrap the count to 0.
+        self.value = self.value.saturating_add(1);
     }
 
     fn after_fork_in_child(&mut self, _intact: bool) {
@@ -109,6 +110,15 @@ mod tests {
         assert_eq!(sem.release(2), Err(OverRelease));
         assert_eq!(sem.value(), 0, "a refused release changes nothing");
         assert_eq!(sem.release(1), Ok(()));
+    }
+
+    #[test]
+    fn a_grant_given_back_after_a_huge_release_does_not_wrap() {
+        let mut sem = SemaphoreCount::new(1, false);
+        assert_eq!(sem.try_take(&(), Nanos::new(0)), Check::Granted(()));
+        sem.release(u64::MAX).unwrap();
+        sem.give_back((), Nanos::new(0));
+        assert_eq!(sem.value(), u64::MAX);
     }
 
     #[test]

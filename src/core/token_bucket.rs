@@ -44,6 +44,16 @@ impl BucketConfig {
         let burst = match burst {
             Some(0) => return Err(InvalidArgument::new("burst", "must be >= 1, got 0")),
             Some(b) => b,
+            None if rate.floor() > f64::from(u32::MAX) => {
+                // The caller gave `rate`, not `burst`: name what they gave.
+                return Err(InvalidArgument::new(
+                    "rate",
+                    format!(
+                        "is too high for the default burst=floor(rate) (at most {}): pass burst",
+                        u32::MAX
+                    ),
+                ));
+            }
             None => (rate.floor() as u64).max(1),
         };
         let burst = u32::try_from(burst).map_err(|_| {
@@ -211,6 +221,13 @@ mod tests {
         );
         clock.advance(Duration::from_secs(2));
         assert_eq!(b.try_take(&1, clock.now()), Check::Granted(()));
+    }
+
+    #[test]
+    fn a_default_burst_too_large_names_rate() {
+        let err = BucketConfig::new(5e9, 10.0, None).unwrap_err();
+        assert_eq!(err.name, "rate");
+        assert!(BucketConfig::new(5e9, 10.0, Some(10)).is_ok());
     }
 
     #[test]

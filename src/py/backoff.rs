@@ -33,8 +33,9 @@ impl BackoffSchedule {
         max_delay: &Bound<'_, PyAny>,
         max_time: Option<&Bound<'_, PyAny>>,
         jitter: &str,
-        seed: Option<u64>,
+        seed: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
+        let seed = args::optional_count(seed, "seed", 0)?;
         let max_tries = args::count(max_tries, "max_tries", 1)?;
         let max_tries = u32::try_from(max_tries)
             .map_err(|_| PyValueError::new_err(format!("max_tries is too large: {max_tries}")))?;

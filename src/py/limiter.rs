@@ -215,6 +215,11 @@ impl Limiter {
             .with_resource(|budget, now| budget.pause(now, seconds)))
     }
 
+    /// Lifts a pause (`pause()`, or a provider's Retry-After through `backoff`) at once.
+    fn resume(&self) {
+        self.gate.with_resource(|budget, _| budget.resume());
+    }
+
     /// Live figures: in_flight, waiting, acquired, timeouts, cancelled, tokens_granted,
     /// tokens_charged, tokens_refunded, requests_in_window, tokens_in_window, paused_for,
     /// blocked_by, total_wait, max_wait, wait_p50, wait_p90, wait_p99 (seconds), and the

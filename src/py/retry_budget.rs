@@ -15,6 +15,9 @@ use crate::core::retry_budget;
 
 /// Caps retries at `ratio` of the calls of the last `window` seconds, plus
 /// `min_retries_per_s`, shared by every thread and task (gRPC retry throttling, Finagle).
+///
+/// Ranges (ValueError outside them): 0 <= `ratio` <= 1000; `min_retries_per_s` finite and
+/// >= 0; 1e-9 <= `window` <= 1e9 seconds.
 #[pyclass(module = "crewthrottle", name = "RetryBudget", frozen)]
 pub struct RetryBudget {
     budget: Arc<retry_budget::RetryBudget>,
@@ -45,13 +48,10 @@ impl RetryBudget {
             .map(|w| args::seconds(w, "window", true))
             .transpose()?
             .unwrap_or(10.0);
-        let budget = retry_budget::RetryBudget::new(
-            ratio,
-            floor,
-            Duration::from_secs_f64(window),
-            Clock::monotonic(),
-        )
-        .map_err(|e| PyValueError::new_err(e.to_string()))?;
+        // In range (checked above), so only a window below a nanosecond fails: as zero.
+        let window = Duration::try_from_secs_f64(window).unwrap_or(Duration::ZERO);
+        let budget = retry_budget::RetryBudget::new(ratio, floor, window, Clock::monotonic())
+            .map_err(|e| PyValueError::new_err(e.to_string()))?;
         let budget = Arc::new(budget);
         let weak = Arc::downgrade(&budget) as std::sync::Weak<dyn AfterFork>;
         py.detach(|| fork::register(weak));

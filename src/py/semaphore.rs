@@ -3,11 +3,10 @@
 
 use std::sync::Arc;
 
-use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyInt, PyType};
+use pyo3::types::{PyDict, PyTuple, PyType};
 
-use super::args;
+use super::args::{self, Given};
 use super::fork::new_gate;
 use super::stats::WaitSummary;
 use super::wait::{self, Flag};
@@ -16,57 +15,86 @@ use crate::core::gate::Gate;
 use crate::core::semaphore::SemaphoreCount;
 
 /// A counting semaphore shared by threads and event loops; waiters are served in order.
-#[pyclass(module = "crewthrottle", name = "Semaphore", frozen, subclass)]
+/// Takes every argument `threading.Semaphore` takes, with its meaning (the differences are
+/// in the README and `_native.pyi`).
+///
+/// Like `threading.Semaphore` (a plain Python class), it is set up by `__init__`, so a
+/// subclass may take arguments of its own and call `super().__init__(value)`; `__new__`
+/// takes whatever arguments the subclass's `__init__` does and starts at threading's
+/// default value of 1. `dict` and `weakref`: threading's semaphores take attributes and
+/// weak references.
+#[pyclass(
+    module = "crewthrottle",
+    name = "Semaphore",
+    frozen,
+    subclass,
+    dict,
+    weakref
+)]
 pub struct Semaphore {
     gate: Arc<Gate<SemaphoreCount>>,
+    bounded: bool,
 }
 
 impl Semaphore {
-    fn with_count(
-        py: Python<'_>,
-        value: Option<&Bound<'_, PyAny>>,
-        bounded: bool,
-    ) -> PyResult<Self> {
-        let value = match value {
-            None => 1,
-            // threading's message for a negative value; other errors name `value` as they are.
-            Some(v) if v.is_instance_of::<PyInt>() && v.lt(0)? => {
-                return Err(PyValueError::new_err(
-                    "semaphore initial value must be >= 0",
-                ));
-            }
-            Some(v) => args::count(v, "value", 0)?,
-        };
-        let gate = Gate::new(SemaphoreCount::new(value, bounded), Clock::monotonic());
-        Ok(Semaphore {
+    fn unset(py: Python<'_>, bounded: bool) -> Self {
+        let gate = Gate::new(SemaphoreCount::new(1, bounded), Clock::monotonic());
+        Semaphore {
             gate: new_gate(py, gate),
-        })
+            bounded,
+        }
+    }
+}
+
+/// A count or `n` as threading takes it (bools and `__index__` integers included).
+fn count(obj: Given<'_>, name: &str, min: u64, below: &'static str) -> PyResult<u64> {
+    match obj {
+        Given::Missing => Ok(1),
+        Given::Value(obj) => args::threading_count(&obj, name, min, below),
     }
 }
 
 #[pymethods]
 impl Semaphore {
     #[new]
-    #[pyo3(signature = (value = None), text_signature = "(value=1)")]
-    fn new(py: Python<'_>, value: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
-        Semaphore::with_count(py, value, false)
+    #[pyo3(signature = (*_args, **_kwargs), text_signature = "(value=1)")]
+    fn new(
+        py: Python<'_>,
+        _args: &Bound<'_, PyTuple>,
+        _kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> Self {
+        Semaphore::unset(py, false)
+    }
+
+    /// Sets the value (again, as threading's `__init__` would); `value >= 0`.
+    #[pyo3(signature = (value = Given::Missing))]
+    fn __init__(&self, value: Given<'_>) -> PyResult<()> {
+        // threading's message for a negative value.
+        let value = count(value, "value", 0, "semaphore initial value must be >= 0")?;
+        let bounded = self.bounded;
+        self.gate
+            .with_resource(|count, _| *count = SemaphoreCount::new(value, bounded));
+        Ok(())
     }
 
     /// Takes a permit; see `threading.Semaphore.acquire`.
-    #[pyo3(signature = (blocking = None, timeout = None), text_signature = "($self, blocking=True, timeout=None)")]
+    #[pyo3(signature = (blocking = Given::Missing, timeout = None), text_signature = "($self, blocking=True, timeout=None)")]
     fn acquire(
         &self,
         py: Python<'_>,
-        blocking: Option<&Bound<'_, PyAny>>,
+        blocking: Given<'_>,
         timeout: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<bool> {
-        // Any truthy value blocks, as in threading.
-        let blocking = blocking.map_or(Ok(true), |b| b.is_truthy())?;
+        // Any truthy value blocks, as in threading (so an explicit None does not).
+        let blocking = match blocking {
+            Given::Missing => true,
+            Given::Value(b) => b.is_truthy()?,
+        };
         if !blocking {
             args::no_timeout_when_nonblocking(timeout)?;
             return Ok(self.gate.try_acquire(())?.is_some());
         }
-        let timeout = args::timeout(timeout)?;
+        let timeout = args::threading_timeout(timeout)?;
         Ok(wait::block_on(py, &self.gate, (), timeout)?.is_some())
     }
 
@@ -77,26 +105,20 @@ impl Semaphore {
         py: Python<'_>,
         timeout: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Py<PyAny>> {
-        let timeout = args::timeout(timeout)?;
+        let timeout = args::threading_timeout(timeout)?;
         wait::acquire_async(py, &self.gate, (), timeout, Flag)
     }
 
     /// Gives back `n` permits; a `BoundedSemaphore` refuses to pass its initial value.
-    #[pyo3(signature = (n = None), text_signature = "($self, n=1)")]
-    fn release(&self, n: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
-        let n = match n {
-            None => 1,
-            // threading's message for n < 1; other errors name `n` as they are.
-            Some(n) if n.is_instance_of::<PyInt>() && n.lt(1)? => {
-                return Err(PyValueError::new_err("n must be one or more"));
-            }
-            Some(n) => args::count(n, "n", 1)?,
-        };
+    #[pyo3(signature = (n = Given::Missing), text_signature = "($self, n=1)")]
+    fn release(&self, n: Given<'_>) -> PyResult<()> {
+        // threading's message for n < 1.
+        let n = count(n, "n", 1, "n must be one or more")?;
         Ok(self.gate.with_resource(|count, _| count.release(n))?)
     }
 
     fn __enter__(&self, py: Python<'_>) -> PyResult<bool> {
-        self.acquire(py, None, None)
+        self.acquire(py, Given::Missing, None)
     }
 
     fn __exit__(
@@ -167,9 +189,12 @@ pub struct BoundedSemaphore;
 #[pymethods]
 impl BoundedSemaphore {
     #[new]
-    #[pyo3(signature = (value = None), text_signature = "(value=1)")]
-    fn new(py: Python<'_>, value: Option<&Bound<'_, PyAny>>) -> PyResult<PyClassInitializer<Self>> {
-        let base = Semaphore::with_count(py, value, true)?;
-        Ok(PyClassInitializer::from(base).add_subclass(BoundedSemaphore))
+    #[pyo3(signature = (*_args, **_kwargs), text_signature = "(value=1)")]
+    fn new(
+        py: Python<'_>,
+        _args: &Bound<'_, PyTuple>,
+        _kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyClassInitializer<Self> {
+        PyClassInitializer::from(Semaphore::unset(py, true)).add_subclass(BoundedSemaphore)
     }
 }

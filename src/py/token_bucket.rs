@@ -16,6 +16,10 @@ use crate::core::gate::Gate;
 use crate::core::token_bucket::{BucketConfig, TokenBucketBudget};
 
 /// `rate` tokens every `per` seconds, at most `burst` at once; waiters served in order.
+///
+/// Ranges (ValueError outside them): `rate` finite and > 0; 0 < `per` <= 1e9 seconds;
+/// 1 <= `burst` <= 2**32 - 1; at most one token per nanosecond; a full burst refilled within
+/// 1e9 s. `n`: 1 <= n <= burst. `timeout`: None or seconds >= 0. `pause`: 0 to 1e9 seconds.
 #[pyclass(module = "crewthrottle", name = "TokenBucket", frozen)]
 pub struct TokenBucket {
     gate: Arc<Gate<TokenBucketBudget>>,
