@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
-from crewthrottle import _rate_limited
 from crewthrottle._callables import is_async, refuse_awaitable
 from crewthrottle._native import Limiter, RetryBudget, _Schedule
 from crewthrottle._rate_limit_errors import is_rate_limit_error, retry_after
@@ -192,7 +191,7 @@ class Backoff:
     def _next_delay(self, exc: BaseException, tries: int, started: float) -> float | None:
         """The delay before the next try, or None to let ``exc`` propagate (with a note)."""
         if self.limiter is not None and is_rate_limit_error(exc):
-            _rate_limited.count(self.limiter)
+            self.limiter._count_retry("rate_limited")
         if not self._retryable(exc):
             return None
         wait = retry_after(exc) if self.respect_retry_after else None

@@ -6,7 +6,13 @@ from typing import Any, TypeVar, final
 
 from typing_extensions import Self, disjoint_base
 
-from crewthrottle._types import BudgetStats, LimiterStats, SemaphoreStats, WaitStats
+from crewthrottle._types import (
+    BudgetStats,
+    LimiterSnapshot,
+    LimiterStats,
+    SemaphoreStats,
+    WaitStats,
+)
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -24,6 +30,7 @@ __all__ = [
     "_after_fork_in_child",
     "_after_fork_in_parent",
     "_before_fork",
+    "_limiter_snapshots",
 ]
 
 class AcquireTimeout(TimeoutError):
@@ -191,16 +198,21 @@ class Limiter:
         """A permit if one can be had now without waiting, else None."""
     def acquire_async(self, tokens: int = 0, *, timeout: float | None = None) -> Awaitable[Permit]:
         """Await a permit without blocking the event loop."""
-    def pause(self, seconds: float) -> None:
+    def pause(self, seconds: float) -> bool:
         """Grant no new permit for ``seconds`` (a provider said Retry-After), at most 1e9
-        (about 31 years; ``ValueError`` beyond). A longer pause wins over a shorter one."""
+        (about 31 years; ``ValueError`` beyond). A longer pause wins over a shorter one.
+        Returns whether this started a pause (none was in force)."""
     def resume(self) -> None:
         """Lift a pause at once, whoever set it (``pause()`` or ``backoff``'s Retry-After);
         the other limits still hold."""
     def as_langchain(self) -> Any:
         """This limiter as a LangChain ``BaseRateLimiter`` (``crewthrottle[langchain]``)."""
-    def stats(self) -> LimiterStats: ...
-    def _count_retry(self, event: str) -> None: ...
+    def stats(self) -> LimiterStats:
+        """Live figures (see ``LimiterStats``); times in seconds."""
+    def _snapshot(self) -> LimiterSnapshot:
+        """What ``_limiter_snapshots()`` gives for this limiter."""
+    def _count_retry(self, event: str) -> None:
+        """Count a retry layer's event: "retried", "gave_up", "refused" or "rate_limited"."""
     def __enter__(self) -> None: ...
     def __exit__(
         self,
@@ -288,6 +300,10 @@ class _Waiting:
 @final
 class _Acquisition:
     def start(self) -> tuple[bool, Any]: ...
+
+def _limiter_snapshots() -> list[LimiterSnapshot]:
+    """One snapshot per live ``Limiter``: ``stats()`` plus its configuration and cumulative
+    wait-time buckets. Never waits for the lock that acquire and release take."""
 
 def _before_fork() -> None: ...
 def _after_fork_in_parent() -> None: ...

@@ -228,6 +228,12 @@ impl Limiter {
         self.shared.stats(py)
     }
 
+    /// What `_limiter_snapshots()` gives for this limiter: `stats()` plus the configuration
+    /// and cumulative wait buckets, read without waiting for the gate's lock.
+    fn _snapshot<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        self.shared.snapshot(py)
+    }
+
     /// Counts a retry layer's event ("retried", "gave_up", "refused" or "rate_limited") in
     /// `stats()`.
     fn _count_retry(&self, event: &str) -> PyResult<()> {

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 
-from crewthrottle import _native, _rate_limited
+from crewthrottle import _native
 from crewthrottle._native import Limiter
 
 __all__ = ["Snapshot", "Source", "snapshot", "source"]
@@ -21,12 +21,7 @@ Source = Callable[[], Iterable[Snapshot]]
 def source(limiters: Iterable[Limiter] | None) -> Source:
     """What to read: all live limiters when ``limiters`` is None, else those (validated)."""
     if limiters is None:
-        every: Source | None = getattr(_native, "_limiter_snapshots", None)
-        if every is None:  # a native module older than issue 11's registry
-            raise RuntimeError(
-                "this build of crewthrottle cannot list its limiters; pass limiters=[...]"
-            )
-        return every
+        return _native._limiter_snapshots
     chosen = _checked(limiters)
     return lambda: [snapshot(limiter) for limiter in chosen]
 
@@ -45,15 +40,6 @@ def _checked(limiters: Iterable[Limiter]) -> tuple[Limiter, ...]:
     return chosen
 
 
-def snapshot(limiter: Limiter) -> dict[str, object]:
+def snapshot(limiter: Limiter) -> Snapshot:
     """One limiter's snapshot, as ``_limiter_snapshots()`` gives it."""
-    figures: dict[str, object] = dict(limiter.stats())
-    figures.setdefault("rate_limit_errors", _rate_limited.counted_here(limiter))
-    figures.update(
-        name=limiter.name,
-        max_concurrent=limiter.max_concurrent,
-        rpm=limiter.rpm,
-        tpm=limiter.tpm,
-        window=limiter.window,
-    )
-    return figures
+    return limiter._snapshot()
