@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh machine (Python >= 3.10 and a Rust toolchain): builds the
-# native module into ./.venv, runs the static checks, then the Rust and Python tests.
+# native module into ./.venv, runs the static checks, then the Rust and Python tests, and the
+# CrewAI tests again against the oldest CrewAI the extra admits.
 # Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,3 +10,4 @@ cd "$(dirname "$0")/.."
 ./scripts/check.sh
 cargo test --lib --quiet
 .venv/bin/python -m pytest "$@"
+./scripts/test-crewai-floor.sh -q

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -17,6 +18,11 @@ for _name, _value in (
     ("CREWAI_TRACING_ENABLED", "false"),
     ("OTEL_SDK_DISABLED", "true"),
     ("LITELLM_LOCAL_MODEL_COST_MAP", "True"),
+    # CrewAI keeps each kickoff's task outputs in a SQLite file named after this directory,
+    # shared by every CrewAI version run here; an older CrewAI reading a newer one's table
+    # fails on every kickoff (JSONDecodeError in _store_execution_log). A fresh directory per
+    # run (an absolute path: appdirs joins it as it is).
+    ("CREWAI_STORAGE_DIR", tempfile.mkdtemp(prefix="crewthrottle-crewai-")),
 ):
     os.environ.setdefault(_name, _value)
 

@@ -28,7 +28,7 @@ def test_private_seam_is_where_crewthrottle_expects_it(name: str) -> None:
     seam = seams.SEAMS[name]
     assert seams._probe(seam), (
         f"the private seam {name} moved in this version of its library: {seam.without}. "
-        f"crewthrottle uses it because it {seam.gives}; follow it in crewthrottle/_seams.py"
+        f"(what it is for: {seam.gives}); follow it in crewthrottle/_seams.py"
     )
 
 

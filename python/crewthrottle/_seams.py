@@ -32,7 +32,17 @@ class Seam:
     probe: Callable[[], bool]
 
 
+def _crewai_has_retry() -> bool:
+    """Whether this CrewAI wraps providers' calls in its own rate-limit retry (added in a
+    1.15.x release; the floor of our range has none, so there is nothing to switch off)."""
+    from crewai.llms.base_llm import BaseLLM
+
+    return "__init_subclass__" in vars(BaseLLM)
+
+
 def _crewai_retry_flag() -> bool:
+    if not _crewai_has_retry():
+        return True
     from crewai.llms import retry
 
     flag = getattr(retry, "_active_llm_rate_limit_retry", None)
@@ -43,6 +53,8 @@ def _crewai_retry_flag() -> bool:
 def _crewai_subclass_wrapping() -> bool:
     from crewai.llms.base_llm import BaseLLM
 
+    if not _crewai_has_retry():
+        return True
     source = inspect.getsource(BaseLLM.__init_subclass__) + inspect.getsource(
         BaseLLM._wrap_call_method
     )
@@ -140,8 +152,9 @@ def available(name: str) -> bool:
         seam = SEAMS[name]
         warn_once(
             f"seam:{name}",
-            f"crewthrottle: {seam.name} is not where crewthrottle expects it (it {seam.gives}); "
-            f"this version of the library moved it. Until crewthrottle follows: {seam.without}.",
+            f"crewthrottle: the private seam {seam.name} is not where crewthrottle expects it "
+            f"(what it is for: {seam.gives}); this version of its library moved it. Until "
+            f"crewthrottle follows: {seam.without}.",
         )
     return present
 

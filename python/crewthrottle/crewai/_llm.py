@@ -242,7 +242,11 @@ def _crewai_retries_off() -> Iterator[None]:
     if not seams.available("crewai.llms.retry._active_llm_rate_limit_retry"):
         yield
         return
-    from crewai.llms import retry
+    try:
+        from crewai.llms import retry
+    except ImportError:  # a CrewAI without that retry layer: nothing to switch off
+        yield
+        return
 
     token = retry._active_llm_rate_limit_retry.set(True)
     try:

@@ -2,34 +2,24 @@
 
 from __future__ import annotations
 
-import json
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any, Literal, overload
 
 from . import _anthropic as claude
 from . import _openai as wire
+from ._apis import JSON, SSE, Anthropic, Api, OpenAI, dumps
 from ._http import CHAT_PATHS, MESSAGES_PATHS, Send, Server
-from ._limits import Admission, Decision, Limits, Reason, Request
+from ._limits import Admission, Limits, Reason, Request
 from ._stats import RequestRecord, max_in_any_window, one, tokens, utilisation
 
 RetryAfter = Literal["seconds", "ms", "both"]
 Latency = float | Callable[[], float]
 
 Response = tuple[int, dict[str, str], bytes]
-
-_JSON = {"content-type": "application/json"}
-_QUOTA_REFUSAL: Response = (
-    429,
-    _JSON,
-    json.dumps(
-        wire.error_body(wire.QUOTA_MESSAGE, "insufficient_quota", "insufficient_quota")
-    ).encode(),
-)
-_SSE = {"content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache"}
 
 
 class FakeProvider:
@@ -292,17 +282,17 @@ class FakeProvider:
 
     def _chat(self, payload: dict[str, Any], send: Send) -> None:
         """Answer one OpenAI chat completion request (from a handler thread)."""
-        self._serve(_OpenAI(self), payload, send)
+        self._serve(OpenAI(self), payload, send)
 
     def _messages(self, payload: dict[str, Any], send: Send) -> None:
         """Answer one Anthropic Messages API request (from a handler thread)."""
         if claude.max_tokens(payload) is None:
             body = claude.error_body("invalid_request_error", "max_tokens: Field required")
-            send(400, _JSON, _dumps(body))
+            send(400, JSON, dumps(body))
             return
-        self._serve(_Anthropic(self), payload, send)
+        self._serve(Anthropic(self), payload, send)
 
-    def _serve(self, api: _Api, payload: dict[str, Any], send: Send) -> None:
+    def _serve(self, api: Api, payload: dict[str, Any], send: Send) -> None:
         """Answer one request in ``api``'s wire format.
 
         The request is logged, and stops counting as in flight, just before its response is
@@ -343,7 +333,7 @@ class FakeProvider:
             self._record(start, 200, prompt, completion, decision.in_flight, None, model, stream)
         send(*response)
 
-    def _refused_at_once(self, api: _Api) -> tuple[Reason, Response] | None:
+    def _refused_at_once(self, api: Api) -> tuple[Reason, Response] | None:
         """An overload (see :meth:`overload`) or an exhausted quota, before any limit."""
         with self._lock:
             overloaded = self._overloads > 0
@@ -356,7 +346,7 @@ class FakeProvider:
 
     def _reply(
         self,
-        api: _Api,
+        api: Api,
         headers: dict[str, str],
         payload: Mapping[str, Any],
         model: str,
@@ -369,8 +359,8 @@ class FakeProvider:
         content = wire.reply_content(payload["messages"])
         reply = wire.Reply(ident, int(time.time()), model, content, prompt, completion)
         if payload.get("stream") is True:
-            return 200, {**_SSE, **headers}, b"".join(api.stream(reply, payload))
-        return 200, {**_JSON, **headers}, _dumps(api.body(reply))
+            return 200, {**SSE, **headers}, b"".join(api.stream(reply, payload))
+        return 200, {**JSON, **headers}, dumps(api.body(reply))
 
     def _record(
         self,
@@ -396,141 +386,6 @@ class FakeProvider:
 
     def _window(self, window: float | None) -> float:
         return self._limits.window if window is None else _seconds("window", window, False)
-
-
-class _Api:
-    """One wire format's answers, for :meth:`FakeProvider._serve`."""
-
-    id_prefix = ""
-
-    def __init__(self, provider: FakeProvider) -> None:
-        self.provider = provider
-
-    def model(self, payload: Mapping[str, Any]) -> str:
-        raise NotImplementedError
-
-    def prompt_tokens(self, payload: Mapping[str, Any]) -> int:
-        raise NotImplementedError
-
-    def output_estimate(self, payload: Mapping[str, Any], completion: int) -> int:
-        return completion
-
-    def headers(self, decision: Decision) -> dict[str, str]:
-        raise NotImplementedError
-
-    def refusal(
-        self, headers: dict[str, str], decision: Decision, model: str, request: Request
-    ) -> Response:
-        raise NotImplementedError
-
-    def error(self, status: int, message: str) -> Response:
-        raise NotImplementedError
-
-    def overloaded(self) -> Response:
-        raise NotImplementedError
-
-    def quota(self) -> Response:
-        raise NotImplementedError
-
-    def body(self, reply: wire.Reply) -> Any:
-        raise NotImplementedError
-
-    def stream(self, reply: wire.Reply, payload: Mapping[str, Any]) -> Iterator[bytes]:
-        raise NotImplementedError
-
-
-class _OpenAI(_Api):
-    id_prefix = "chatcmpl-fake"
-
-    def model(self, payload: Mapping[str, Any]) -> str:
-        return wire.model_of(payload)
-
-    def prompt_tokens(self, payload: Mapping[str, Any]) -> int:
-        return wire.prompt_tokens(payload["messages"])
-
-    def headers(self, decision: Decision) -> dict[str, str]:
-        return wire.ratelimit_headers(decision.requests, decision.tokens)
-
-    def refusal(
-        self, headers: dict[str, str], decision: Decision, model: str, request: Request
-    ) -> Response:
-        provider = self.provider
-        if decision.retry_in is not None:
-            headers.update(wire.retry_after_headers(decision.retry_in, provider._retry_after))
-        limits = provider._limits
-        message = wire.rate_limit_message(model, decision, request.tokens, limits.max_concurrent)
-        kind = "tokens" if decision.reason == "tokens" else "requests"
-        body = wire.error_body(message, kind, "rate_limit_exceeded")
-        return 429, {**_JSON, **headers}, _dumps(body)
-
-    def error(self, status: int, message: str) -> Response:
-        return status, _JSON, _dumps(wire.error_body(message, "server_error", None))
-
-    def overloaded(self) -> Response:
-        status, headers, body = self.error(503, "The server is overloaded. Please retry.")
-        return status, {**headers, "retry-after": "1"}, body
-
-    def quota(self) -> Response:
-        return _QUOTA_REFUSAL
-
-    def body(self, reply: wire.Reply) -> Any:
-        return wire.completion_body(reply)
-
-    def stream(self, reply: wire.Reply, payload: Mapping[str, Any]) -> Iterator[bytes]:
-        options = payload.get("stream_options")
-        usage = isinstance(options, dict) and options.get("include_usage") is True
-        return wire.stream_events(reply, include_usage=usage)
-
-
-class _Anthropic(_Api):
-    id_prefix = "msg_fake"
-
-    def model(self, payload: Mapping[str, Any]) -> str:
-        model = payload.get("model")
-        return model if isinstance(model, str) and model else claude.DEFAULT_MODEL
-
-    def prompt_tokens(self, payload: Mapping[str, Any]) -> int:
-        return claude.prompt_tokens(payload)
-
-    def output_estimate(self, payload: Mapping[str, Any], completion: int) -> int:
-        # Anthropic estimates output from max_tokens until the reply's real count is known;
-        # one request alone is never refused for it (max_tokens may exceed the limit).
-        estimate = claude.max_tokens(payload) or completion
-        limit = self.provider._limits.output_tpm
-        return estimate if limit is None else min(estimate, limit)
-
-    def headers(self, decision: Decision) -> dict[str, str]:
-        return claude.ratelimit_headers(decision)
-
-    def refusal(
-        self, headers: dict[str, str], decision: Decision, model: str, request: Request
-    ) -> Response:
-        if decision.retry_in is not None:
-            headers["retry-after"] = str(max(1, math.ceil(decision.retry_in)))
-        message = claude.rate_limit_message(decision, request.input)
-        body = claude.error_body("rate_limit_error", message)
-        return 429, {**_JSON, **headers}, _dumps(body)
-
-    def error(self, status: int, message: str) -> Response:
-        return status, _JSON, _dumps(claude.error_body("api_error", message))
-
-    def overloaded(self) -> Response:
-        body = claude.error_body("overloaded_error", "Overloaded")
-        return 529, {**_JSON, "retry-after": "1"}, _dumps(body)
-
-    def quota(self) -> Response:
-        message = "Your credit balance is too low to access the Anthropic API."
-        return 400, _JSON, _dumps(claude.error_body("invalid_request_error", message))
-
-    def body(self, reply: wire.Reply) -> Any:
-        return claude.message_body(reply)
-
-    def stream(self, reply: wire.Reply, payload: Mapping[str, Any]) -> Iterator[bytes]:
-        return claude.stream_events(reply)
-
-
-def _dumps(body: object) -> bytes:
-    return json.dumps(body).encode()
 
 
 @overload
