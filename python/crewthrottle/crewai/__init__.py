@@ -19,9 +19,9 @@ A throttled call that finds itself in that situation raises ``RuntimeError`` rat
 CrewAI is imported only when these functions are called (``pip install 'crewthrottle[crewai]'``).
 """
 
+from crewthrottle._guard import DEFAULT_DEADLOCK_AFTER
+from crewthrottle._integrations import DEFAULT_COMPLETION_TOKENS
 from crewthrottle.crewai._api import (
-    DEFAULT_COMPLETION_TOKENS,
-    DEFAULT_DEADLOCK_AFTER,
     DEFAULT_RETRY,
     akickoff_all,
     estimate_tokens,

@@ -20,17 +20,6 @@ if TYPE_CHECKING:
     from crewai import Crew
     from crewai.llms.base_llm import BaseLLM
 
-__all__ = [
-    "DEFAULT_COMPLETION_TOKENS",
-    "DEFAULT_DEADLOCK_AFTER",
-    "DEFAULT_RETRY",
-    "akickoff_all",
-    "estimate_tokens",
-    "is_throttled",
-    "kickoff_all",
-    "throttle_llm",
-]
-
 L = TypeVar("L", bound="BaseLLM")
 
 #: The retry policy of a throttled LLM unless told otherwise: 4 attempts in all, for rate limits
