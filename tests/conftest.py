@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -64,6 +66,16 @@ def _promptly(call: Callable[[], Any], timeout: float = PATIENCE) -> Any:
     if "error" in outcome:
         raise outcome["error"]
     return outcome["value"]
+
+
+@pytest.fixture
+def collect_sdk_clients() -> Iterator[None]:
+    """CrewAI and LangChain never close the SDK clients they build: collect them after each
+    test of theirs, where their ResourceWarnings are ignored, not in whichever test runs next."""
+    yield
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
 
 
 @pytest.fixture

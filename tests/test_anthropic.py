@@ -31,6 +31,7 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::DeprecationWarning:crewai"),
     pytest.mark.filterwarnings("ignore::DeprecationWarning:pydantic"),
     pytest.mark.filterwarnings("ignore::ResourceWarning"),
+    pytest.mark.usefixtures("collect_sdk_clients"),
 ]
 
 MODEL = "claude-3-5-haiku-latest"

@@ -20,6 +20,7 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::DeprecationWarning:pydantic"),
     # CrewAI never closes its SDK clients; their sockets are collected unclosed.
     pytest.mark.filterwarnings("ignore::ResourceWarning"),
+    pytest.mark.usefixtures("collect_sdk_clients"),
 ]
 
 
