@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh machine (Python >= 3.10 and a Rust toolchain): builds the
 # native module into ./.venv, runs the static checks, the Rust tests, the release packaging
-# (sdist and abi3 wheel built, checked, installed without Rust and smoke-tested), then pytest.
+# (sdist and abi3 wheel built, checked, installed without Rust and smoke-tested), pytest, and
+# the CrewAI tests again against the oldest CrewAI the extra admits.
 # Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,3 +12,4 @@ cd "$(dirname "$0")/.."
 cargo test --lib --quiet
 .venv/bin/python scripts/check_dist.py
 .venv/bin/python -m pytest "$@"
+./scripts/test-crewai-floor.sh -q

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import os
+import tempfile
 import threading
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -17,6 +20,11 @@ for _name, _value in (
     ("CREWAI_TRACING_ENABLED", "false"),
     ("OTEL_SDK_DISABLED", "true"),
     ("LITELLM_LOCAL_MODEL_COST_MAP", "True"),
+    # CrewAI keeps each kickoff's task outputs in a SQLite file named after this directory,
+    # shared by every CrewAI version run here; an older CrewAI reading a newer one's table
+    # fails on every kickoff (JSONDecodeError in _store_execution_log). A fresh directory per
+    # run (an absolute path: appdirs joins it as it is).
+    ("CREWAI_STORAGE_DIR", tempfile.mkdtemp(prefix="crewthrottle-crewai-")),
 ):
     os.environ.setdefault(_name, _value)
 
@@ -58,6 +66,16 @@ def _promptly(call: Callable[[], Any], timeout: float = PATIENCE) -> Any:
     if "error" in outcome:
         raise outcome["error"]
     return outcome["value"]
+
+
+@pytest.fixture
+def collect_sdk_clients() -> Iterator[None]:
+    """CrewAI and LangChain never close the SDK clients they build: collect them after each
+    test of theirs, where their ResourceWarnings are ignored, not in whichever test runs next."""
+    yield
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
 
 
 @pytest.fixture

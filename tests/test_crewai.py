@@ -31,7 +31,7 @@ import pytest
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # CrewAI's own ImportWarnings at import time
-    from crewai import LLM, Agent, Crew, Task
+    from crewai import LLM, Agent, Crew, Process, Task
     from crewai.llms.base_llm import BaseLLM
 
 import crewthrottle as ct
@@ -50,6 +50,7 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::DeprecationWarning:pydantic"),
     # CrewAI never closes its SDK clients; their sockets are collected unclosed.
     pytest.mark.filterwarnings("ignore::ResourceWarning"),
+    pytest.mark.usefixtures("collect_sdk_clients"),
 ]
 
 WINDOW = 2.0
@@ -270,9 +271,11 @@ def test_copies_crewai_makes_keep_the_one_limiter(litellm: bool) -> None:
         assert is_throttled(twin.agents[0].llm) and twin.agents[0].llm is not crew.agents[0].llm
         outputs = crew.kickoff_for_each(inputs=[{"who": "Ada"}, {"who": "Bob"}, {"who": "Cy"}])
         twin.kickoff(inputs={"who": "Di"})
-        deep = copy.deepcopy(crew.agents[0])
-        assert is_throttled(deep.llm)
-        deep.llm.call("Hello")
+        # (A deepcopy of a whole Agent fails in CrewAI itself, throttled or not: its SDK
+        # clients cannot be copied. A throttled LLM shares them instead.)
+        deep = copy.deepcopy(crew.agents[0].llm)
+        assert is_throttled(deep)
+        deep.call("Hello")
         assert is_throttled(copy.copy(crew.agents[0].llm))
 
     assert len(outputs) == 3
@@ -471,3 +474,60 @@ def test_progress_draws_a_bar_or_says_what_to_install(
     monkeypatch.setitem(sys.modules, "rich", None)
     with pytest.raises(ImportError, match=r"crewthrottle\[progress\]"):
         kickoff_all(crews, progress=True)
+
+
+# -- crew-level LLMs -----------------------------------------------------------------------------
+
+
+def test_kickoff_all_throttles_the_crew_level_llms() -> None:
+    """The manager of a hierarchical crew, the function-calling, planning and chat LLMs: all
+    replaced by throttled ones, and the manager's calls take permits like any agent's."""
+    with FakeProvider(window=WINDOW) as provider:
+        limiter = ct.Limiter(rpm=600, max_concurrent=4, window=WINDOW)
+
+        def llm(name: str, **options: Any) -> BaseLLM:
+            return make_llm(provider, model=name, **options)
+
+        worker = Agent(
+            role="Writer",
+            goal="Write one line",
+            backstory="Terse.",
+            llm=llm("agent"),
+            function_calling_llm=llm("agent-tools"),
+        )
+        crew = Crew(
+            agents=[worker],
+            tasks=[Task(description="Say hello.", expected_output="A line.")],
+            process=Process.hierarchical,
+            manager_llm=llm("manager"),
+            function_calling_llm=llm("crew-tools", is_litellm=True),  # Crew wants an LLM
+            planning_llm=llm("planner"),
+            chat_llm=llm("chat"),
+        )
+        [result] = kickoff_all([crew], limiter=limiter)
+
+    throttled = {
+        name: is_throttled(vars(owner)[name])
+        for owner, name in (
+            (crew, "manager_llm"),
+            (crew, "function_calling_llm"),
+            (crew, "planning_llm"),
+            (crew, "chat_llm"),
+            (worker, "llm"),
+            (worker, "function_calling_llm"),
+        )
+    }
+    assert all(throttled.values()), throttled
+    assert "fake answer" in result.raw
+    assert requests_by_model(provider)["manager"] >= 1, requests_by_model(provider)
+    assert provider.count() == limiter.stats()["acquired"]
+
+
+def test_akickoff_all_draws_its_progress_bar(capsys: pytest.CaptureFixture[str]) -> None:
+    with FakeProvider(window=WINDOW) as provider:
+        crews = [make_crew(make_llm(provider), f"#{i}") for i in range(3)]
+        limiter = ct.Limiter(rpm=600, window=WINDOW)
+        results = asyncio.run(akickoff_all(crews, limiter=limiter, progress=True))
+    assert len(results) == 3
+    out = capsys.readouterr().out
+    assert "crews" in out and "3/3" in out and "0 failed" in out

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +20,7 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::DeprecationWarning:pydantic"),
     # CrewAI never closes its SDK clients; their sockets are collected unclosed.
     pytest.mark.filterwarnings("ignore::ResourceWarning"),
+    pytest.mark.usefixtures("collect_sdk_clients"),
 ]
 
 
@@ -43,3 +47,52 @@ def test_demo_refuses_bad_flags(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["--rpm", "0"])
     assert "--rpm must be >= 1" in capsys.readouterr().err
+
+
+class Terminal(io.StringIO):
+    """A stdout that says it is a terminal, so the demo draws its live line."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_demo_shows_live_progress_and_takes_modes_and_tpm(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    screen = Terminal()
+    monkeypatch.setattr(sys, "stdout", screen)
+    argv = ["--crews", "4", "--rpm", "50", "--tpm", "150", "--window", "1", "--latency", "0.3"]
+    argv += ["--modes", "crewthrottle", "--chart", str(tmp_path / "c.svg")]
+    assert main(argv) == 0
+    out = screen.getvalue()
+    assert "150 tokens per 1 s window" in out
+    # The live line is redrawn in place ("\r") while the crews run, then the table.
+    lines = [part for part in out.split("\r") if "crews done" in part]
+    assert len(lines) >= 2, out
+    assert lines[-1].split()[:2] == ["crewthrottle", "4/4"]
+    rows = [line.split() for line in out.splitlines() if line.startswith(("unthrottled", "seed"))]
+    assert rows == [], "only the mode asked for ran"
+    # 150 tokens per window bind (each call ~90): the crews took several windows.
+    table = [line.split() for line in out.splitlines() if line.startswith("crewthrottle ")]
+    assert table[-1][1:6] == ["4/4", "0", "0", "4", "0"], out
+    assert float(table[-1][6]) >= 2.0
+
+
+def test_python_dash_m_crewthrottle_runs_the_demo(tmp_path: Path) -> None:
+    usage = subprocess.run(
+        [sys.executable, "-m", "crewthrottle"], capture_output=True, text=True, timeout=60
+    )
+    assert usage.returncode == 2 and "usage: python -m crewthrottle demo" in usage.stderr
+    argv = ["demo", "--crews", "2", "--rpm", "10", "--window", "1", "--latency", "0"]
+    argv += ["--modes", "crewthrottle", "--quiet", "--chart", str(tmp_path / "c.svg")]
+    run = subprocess.run(
+        [sys.executable, "-m", "crewthrottle", *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert run.returncode == 0, run.stderr
+    row = next(line.split() for line in run.stdout.splitlines() if line.startswith("crewthrottle"))
+    assert row[1:6] == ["2/2", "0", "0", "2", "0"], run.stdout
+    assert (tmp_path / "c.svg").read_text(encoding="utf-8").startswith("<svg")

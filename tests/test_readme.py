@@ -17,6 +17,7 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::DeprecationWarning:pydantic"),
     # CrewAI never closes its SDK clients; their sockets are collected unclosed.
     pytest.mark.filterwarnings("ignore::ResourceWarning"),
+    pytest.mark.usefixtures("collect_sdk_clients"),
     # CrewAI's own import-time ImportWarnings (crewai.rag's lazy submodules).
     pytest.mark.filterwarnings("ignore::ImportWarning"),
 ]

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 from ._openai import error_body
 
 CHAT_PATHS = frozenset({"/v1/chat/completions", "/chat/completions"})
+MESSAGES_PATHS = frozenset({"/v1/messages", "/messages"})
 
 Send = Callable[[int, Mapping[str, str], bytes], None]
 # Answers one parsed chat completion request by calling ``send(status, headers, body)`` once.
@@ -33,9 +34,9 @@ class Server(ThreadingHTTPServer):
     block_on_close = True  # ... but server_close() still joins every handler thread
     request_queue_size = 1024  # the default backlog (5) drops bursts of new connections
 
-    def __init__(self, host: str, port: int, engine: ChatEngine) -> None:
+    def __init__(self, host: str, port: int, engines: Mapping[str, ChatEngine]) -> None:
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self.engine = engine
+        self.engines = engines  # by path
         self._connections: set[socket.socket] = set()
         self._lock = threading.Lock()
         self.closing = False
@@ -75,7 +76,8 @@ class Server(ThreadingHTTPServer):
 
 
 class Handler(BaseHTTPRequestHandler):
-    """Routes ``POST /v1/chat/completions`` (and ``/chat/completions``) to the engine."""
+    """Routes ``POST /v1/chat/completions`` (OpenAI) and ``POST /v1/messages`` (Anthropic),
+    with or without ``/v1``, to their engines."""
 
     protocol_version = "HTTP/1.1"
     server_version = "crewthrottle-fake-provider"
@@ -95,13 +97,14 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         path = urlsplit(self.path).path.rstrip("/")
-        if path not in CHAT_PATHS:
+        engine = self.server.engines.get(path)
+        if engine is None:
             self._drain()
             self._send_error(404, f"Unknown request URL: POST {path}.", "unknown_url")
             return
         payload = self._read_json()
         if payload is not None:
-            self.server.engine(payload, self._send)
+            engine(payload, self._send)
 
     def do_GET(self) -> None:
         path = urlsplit(self.path).path

@@ -1,8 +1,7 @@
-"""``FakeProvider``: an OpenAI-compatible chat completions server that enforces rate limits."""
+"""``FakeProvider``: an OpenAI- and Anthropic-compatible server that enforces rate limits."""
 
 from __future__ import annotations
 
-import json
 import math
 import threading
 import time
@@ -10,9 +9,11 @@ from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any, Literal, overload
 
+from . import _anthropic as claude
 from . import _openai as wire
-from ._http import Send, Server
-from ._limits import Admission, Decision, Limits, Reason
+from ._apis import JSON, SSE, Anthropic, Api, OpenAI, dumps
+from ._http import CHAT_PATHS, MESSAGES_PATHS, Send, Server
+from ._limits import Admission, Limits, Reason, Request
 from ._stats import RequestRecord, max_in_any_window, one, tokens, utilisation
 
 RetryAfter = Literal["seconds", "ms", "both"]
@@ -20,22 +21,15 @@ Latency = float | Callable[[], float]
 
 Response = tuple[int, dict[str, str], bytes]
 
-_JSON = {"content-type": "application/json"}
-_QUOTA_REFUSAL: Response = (
-    429,
-    _JSON,
-    json.dumps(
-        wire.error_body(wire.QUOTA_MESSAGE, "insufficient_quota", "insufficient_quota")
-    ).encode(),
-)
-_SSE = {"content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache"}
-
 
 class FakeProvider:
-    """A fake OpenAI-compatible LLM provider on loopback that enforces rate limits.
+    """A fake OpenAI- and Anthropic-compatible LLM provider on loopback that enforces rate
+    limits.
 
-    It serves ``POST /v1/chat/completions`` (and ``/chat/completions``) from a background
-    thread, answering every accepted request with a deterministic CrewAI-style final answer::
+    It serves OpenAI's ``POST /v1/chat/completions`` and Anthropic's Messages API,
+    ``POST /v1/messages`` (each with or without ``/v1``; point Anthropic clients at
+    :attr:`url`), from a background thread, answering every accepted request with a
+    deterministic CrewAI-style final answer::
 
         with FakeProvider(rpm=20, tpm=10_000, window=2.0) as provider:
             client = openai.OpenAI(base_url=provider.base_url, api_key="fake", max_retries=0)
@@ -51,6 +45,14 @@ class FakeProvider:
     A request's tokens are its prompt estimate (all message text, 4 characters a token,
     rounded up, at least 1) plus its completion tokens: ``completion_tokens``, or the request's
     ``max_completion_tokens``/``max_tokens`` if smaller (the reply text is not cut short).
+
+    Anthropic's limits are also enforced, separately, as Anthropic does: ``input_tpm`` counts
+    input (prompt) tokens when a request arrives; ``output_tpm`` counts output tokens
+    estimated from the request's ``max_tokens`` when it arrives (never more than the limit
+    itself) and corrected to the real output when it ends. ``rpm``, ``tpm`` and
+    ``max_concurrent`` hold for both APIs alike. Anthropic's answers carry its error bodies
+    (``rate_limit_error``, ``overloaded_error``) and ``anthropic-ratelimit-*`` headers; a 429
+    there always carries ``retry-after``, as Anthropic's do.
 
     Args:
         rpm: Requests allowed per window, or None for no limit.
@@ -68,6 +70,8 @@ class FakeProvider:
         quota_exhausted: Answer every request 429 ``insufficient_quota`` (never worth a retry);
             also settable while running.
         completion_tokens: Completion tokens each reply reports and counts.
+        input_tpm: Input tokens allowed per window (Anthropic's ITPM), or None.
+        output_tpm: Output tokens allowed per window (Anthropic's OTPM), or None.
         host: Loopback address to listen on.
         port: Port to listen on; 0 picks a free one.
 
@@ -88,6 +92,8 @@ class FakeProvider:
         rejected_consume_quota: bool = False,
         quota_exhausted: bool = False,
         completion_tokens: int = 20,
+        input_tpm: int | None = None,
+        output_tpm: int | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
@@ -97,7 +103,10 @@ class FakeProvider:
             max_concurrent=_positive_int("max_concurrent", max_concurrent),
             window=_seconds("window", window, allow_zero=False),
             rejected_consume_quota=_bool("rejected_consume_quota", rejected_consume_quota),
+            input_tpm=_positive_int("input_tpm", input_tpm),
+            output_tpm=_positive_int("output_tpm", output_tpm),
         )
+        self._overloads = 0
         self._latency = latency if callable(latency) else _seconds("latency", latency)
         self._retry_after = _retry_after_mode(retry_after)
         self.quota_exhausted = _bool("quota_exhausted", quota_exhausted)
@@ -127,7 +136,9 @@ class FakeProvider:
         if self._server is not None:
             raise RuntimeError("FakeProvider is already running")
         self._stopping.clear()
-        server = Server(self._host, self._port, self._chat)
+        engines = {path: self._chat for path in CHAT_PATHS}
+        engines.update({path: self._messages for path in MESSAGES_PATHS})
+        server = Server(self._host, self._port, engines)
         self._thread = threading.Thread(
             target=server.serve_forever,
             kwargs={"poll_interval": 0.05},
@@ -202,6 +213,13 @@ class FakeProvider:
             if (status is None or r.status == status) and (reason is None or r.reason == reason)
         )
 
+    def overload(self, count: int = 1) -> None:
+        """Answer the next ``count`` requests ``529 overloaded_error`` (Anthropic's "the API
+        is overloaded", with ``retry-after: 1``; an OpenAI request gets a 503 instead).
+        Overloaded requests count against no limit."""
+        with self._lock:
+            self._overloads = _positive_int("count", count, False)
+
     def reset(self) -> None:
         """Forget the log, the windows' contents and :attr:`max_in_flight`."""
         with self._lock:
@@ -263,55 +281,72 @@ class FakeProvider:
     # -- serving (called from handler threads) -----------------------------------------------
 
     def _chat(self, payload: dict[str, Any], send: Send) -> None:
-        """Answer one chat completion request (called by the server's handler threads).
+        """Answer one OpenAI chat completion request (from a handler thread)."""
+        self._serve(OpenAI(self), payload, send)
+
+    def _messages(self, payload: dict[str, Any], send: Send) -> None:
+        """Answer one Anthropic Messages API request (from a handler thread)."""
+        if claude.max_tokens(payload) is None:
+            body = claude.error_body("invalid_request_error", "max_tokens: Field required")
+            send(400, JSON, dumps(body))
+            return
+        self._serve(Anthropic(self), payload, send)
+
+    def _serve(self, api: Api, payload: dict[str, Any], send: Send) -> None:
+        """Answer one request in ``api``'s wire format.
 
         The request is logged, and stops counting as in flight, just before its response is
         written: a client that has read a response always finds it in the log, and a client
         that keeps at most ``max_concurrent`` requests open is never refused for concurrency.
         """
-        messages: list[Any] = payload["messages"]
-        model, stream = wire.model_of(payload), payload.get("stream") is True
-        prompt = wire.prompt_tokens(messages)
+        model, stream = api.model(payload), payload.get("stream") is True
+        prompt = api.prompt_tokens(payload)
         completion = wire.completion_tokens(payload, self._completion_tokens)
-        if self.quota_exhausted:
-            self._record(time.monotonic(), 429, prompt, 0, self.in_flight, "quota", model, stream)
-            send(*_QUOTA_REFUSAL)
+        refusal = self._refused_at_once(api)
+        if refusal is not None:
+            reason, response = refusal
+            self._record(
+                time.monotonic(), response[0], prompt, 0, self.in_flight, reason, model, stream
+            )
+            send(*response)
             return
         try:
             latency = self._next_latency()
         except Exception as exc:  # a broken latency callable is the test's bug: say so
-            body = wire.error_body(f"latency failed: {exc!r}", "server_error", None)
-            send(500, _JSON, _dumps(body))
+            send(*api.error(500, f"latency failed: {exc!r}"))
             return
         start = time.monotonic()
-        decision = self._admission.admit(start, prompt + completion, latency)
-        headers = wire.ratelimit_headers(decision.requests, decision.tokens)
+        request = Request(prompt + completion, prompt, api.output_estimate(payload, completion))
+        decision = self._admission.admit(start, request, latency)
+        headers = api.headers(decision)
         if not decision.accepted:
-            response = self._refusal(headers, decision, model, prompt + completion)
+            response = api.refusal(headers, decision, model, request)
             self._record(start, 429, prompt, 0, decision.in_flight, decision.reason, model, stream)
             send(*response)
             return
         try:
             if latency > 0:
                 self._stopping.wait(latency)
-            response = self._reply(headers, payload, model, prompt, completion)
+            response = self._reply(api, headers, payload, model, prompt, completion)
         finally:
-            self._admission.release(decision.ticket)
+            self._admission.release(decision.ticket, completion)
             self._record(start, 200, prompt, completion, decision.in_flight, None, model, stream)
         send(*response)
 
-    def _refusal(
-        self, headers: dict[str, str], decision: Decision, model: str, requested: int
-    ) -> Response:
-        if decision.retry_in is not None:
-            headers.update(wire.retry_after_headers(decision.retry_in, self._retry_after))
-        message = wire.rate_limit_message(model, decision, requested, self._limits.max_concurrent)
-        kind = "tokens" if decision.reason == "tokens" else "requests"
-        body = wire.error_body(message, kind, "rate_limit_exceeded")
-        return 429, {**_JSON, **headers}, _dumps(body)
+    def _refused_at_once(self, api: Api) -> tuple[Reason, Response] | None:
+        """An overload (see :meth:`overload`) or an exhausted quota, before any limit."""
+        with self._lock:
+            overloaded = self._overloads > 0
+            self._overloads -= overloaded
+        if overloaded:
+            return "overloaded", api.overloaded()
+        if self.quota_exhausted:
+            return "quota", api.quota()
+        return None
 
     def _reply(
         self,
+        api: Api,
         headers: dict[str, str],
         payload: Mapping[str, Any],
         model: str,
@@ -320,15 +355,12 @@ class FakeProvider:
     ) -> Response:
         with self._lock:
             self._ids += 1
-            ident = f"chatcmpl-fake{self._ids:08d}"
+            ident = f"{api.id_prefix}{self._ids:08d}"
         content = wire.reply_content(payload["messages"])
         reply = wire.Reply(ident, int(time.time()), model, content, prompt, completion)
         if payload.get("stream") is True:
-            options = payload.get("stream_options")
-            usage = isinstance(options, dict) and options.get("include_usage") is True
-            events = wire.stream_events(reply, include_usage=usage)
-            return 200, {**_SSE, **headers}, b"".join(events)
-        return 200, {**_JSON, **headers}, _dumps(wire.completion_body(reply))
+            return 200, {**SSE, **headers}, b"".join(api.stream(reply, payload))
+        return 200, {**JSON, **headers}, dumps(api.body(reply))
 
     def _record(
         self,
@@ -354,10 +386,6 @@ class FakeProvider:
 
     def _window(self, window: float | None) -> float:
         return self._limits.window if window is None else _seconds("window", window, False)
-
-
-def _dumps(body: object) -> bytes:
-    return json.dumps(body).encode()
 
 
 @overload

@@ -1,76 +1,30 @@
-"""LangChain integration: a :class:`~crewthrottle.Limiter` for any LangChain chat model.
-
-Two ways in, with different powers:
-
-- :func:`rate_limiter` (also ``limiter.as_langchain()``) is a LangChain ``BaseRateLimiter`` for
-  the ``rate_limiter=`` option every chat model has. LangChain calls it once before each
-  request, with no size, and never after: it can enforce ``rpm`` and nothing else.
-- :func:`throttle_chat_model` wraps a chat model so that each request holds a permit for its
-  estimated tokens until it ends, settles them from the reply's ``usage_metadata``, and retries
-  rate-limit errors: it enforces ``rpm``, ``tpm`` and ``max_concurrent``.
-
-::
-
-    import crewthrottle as ct
-    from crewthrottle.langchain import throttle_chat_model
-    from langchain_openai import ChatOpenAI
-
-    limiter = ct.Limiter(max_concurrent=8, rpm=500, tpm=200_000)
-    llm = throttle_chat_model(ChatOpenAI(model="gpt-4o-mini", max_tokens=512), limiter)
-    llm.invoke("Hello")                                   # or ainvoke, stream, batch, bind_tools
-
-    rpm_only = ChatOpenAI(model="gpt-4o-mini", rate_limiter=limiter.as_langchain())
-
-A limiter counts a request when it grants it, a provider when the request arrives: a few
-milliseconds later, and not equally later for all (the first requests open connections, threads
-wait for the GIL). The limiter's ``margin`` (``window / 200``, at least 50 ms, unless given)
-keeps each start counted that much longer; raise it if a provider still answers 429 at window
-edges.
-
-Needs ``pip install "crewthrottle[langchain]"``; ``import crewthrottle`` never imports LangChain.
-"""
+"""``throttle_chat_model``: a LangChain chat model whose every request holds a permit."""
 
 from __future__ import annotations
 
 import functools
 import inspect
 import itertools
-import json
 import logging
-import math
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
-from crewthrottle._backoff import Backoff, backoff
-from crewthrottle._native import Limiter, Permit
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel, LangSmithParams, LanguageModelInput
+from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.outputs import ChatGenerationChunk, ChatResult
+from langchain_core.runnables import Runnable, RunnableBinding
+from langchain_core.tools import BaseTool
 
-try:
-    from langchain_core.callbacks import (
-        AsyncCallbackManagerForLLMRun,
-        CallbackManagerForLLMRun,
-    )
-    from langchain_core.language_models import (
-        BaseChatModel,
-        LangSmithParams,
-        LanguageModelInput,
-    )
-    from langchain_core.messages import AIMessage, BaseMessage
-    from langchain_core.outputs import ChatGenerationChunk, ChatResult
-    from langchain_core.rate_limiters import BaseRateLimiter
-    from langchain_core.runnables import Runnable, RunnableBinding
-    from langchain_core.tools import BaseTool
-except ImportError as exc:  # pragma: no cover - only without LangChain installed
-    raise ImportError(
-        f"crewthrottle.langchain needs LangChain ({exc.name} is missing): "
-        'pip install "crewthrottle[langchain]"'
-    ) from exc
+from crewthrottle import _integrations as shared
+from crewthrottle._backoff import Backoff, backoff
+from crewthrottle._integrations import DEFAULT_COMPLETION_TOKENS, Attempt, EstimateTokens
+from crewthrottle._native import Limiter
 
 __all__ = [
     "DEFAULT_COMPLETION_TOKENS",
-    "RateLimiter",
     "ThrottledChatModel",
     "estimate_tokens",
-    "rate_limiter",
     "throttle_chat_model",
 ]
 
@@ -78,20 +32,6 @@ logger = logging.getLogger("crewthrottle")
 
 T = TypeVar("T")
 RunManager = CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun | None
-EstimateTokens = Callable[..., int]
-
-#: Completion tokens reserved for a request that names no ``max_tokens`` (nor an equivalent);
-#: the reservation is corrected to the real usage when the reply arrives.
-DEFAULT_COMPLETION_TOKENS = 256
-
-#: Option names under which chat models take the completion's cap, in order of preference.
-_MAX_TOKENS_NAMES = (
-    "max_completion_tokens",
-    "max_tokens",
-    "max_output_tokens",
-    "max_tokens_to_sample",
-    "max_new_tokens",
-)
 
 #: Fields holding ready-made SDK clients, which a model's validator builds from its options:
 #: left out when a model is rebuilt without SDK retries, so the rebuild makes new ones.
@@ -100,83 +40,6 @@ _SDK_CLIENTS = frozenset({"client", "async_client", "root_client", "root_async_c
 #: ``BaseChatModel`` options the wrapper takes over from the model it wraps (its own
 #: ``rate_limiter`` is not: the wrapper calls the model below the point where LangChain uses it).
 _INHERITED = frozenset(BaseChatModel.model_fields) - {"rate_limiter"}
-
-
-# -- rate_limiter: what LangChain's own hook can do ---------------------------------------------
-
-
-class RateLimiter(BaseRateLimiter):
-    """A :class:`~crewthrottle.Limiter` as LangChain's ``rate_limiter=`` (``BaseRateLimiter``).
-
-    LangChain calls :meth:`acquire` (or :meth:`aacquire`) once before each model request and
-    nothing afterwards, and names no request size. So each call takes a permit for 0 tokens
-    and gives it back at once. What that enforces, for requests made through this object:
-
-    - ``rpm``: **yes**: every request start counts in the limiter's window, shared with
-      everything else using the limiter (other models, threads, event loops).
-    - ``max_concurrent``: **no**. A free slot is waited for, but released before the request
-      is sent, so any number of requests may be in flight.
-    - ``tpm``: **no**. The permit weighs 0 tokens.
-    - retries: none here. Rate-limit errors come back from the model (or its SDK's own retries,
-      which this limiter does not see).
-
-    For all three limits, token settling and retries, wrap the model with
-    :func:`throttle_chat_model` instead.
-
-    Args:
-        limiter: The limiter to take permits from.
-        timeout: Seconds to wait for a permit at most (None: forever); then
-            :class:`~crewthrottle.AcquireTimeout` is raised, as LangChain ignores a False.
-    """
-
-    def __init__(self, limiter: Limiter, *, timeout: float | None = None) -> None:
-        self.limiter = _check_limiter(limiter)
-        if timeout is not None and (
-            isinstance(timeout, bool)
-            or not isinstance(timeout, int | float)
-            or not math.isfinite(timeout)
-            or timeout < 0
-        ):
-            raise ValueError(f"timeout must be None or seconds >= 0, got {timeout!r}")
-        self.timeout = timeout
-
-    def acquire(self, *, blocking: bool = True) -> bool:
-        """Wait for the limiter to allow one more request start (GIL released).
-
-        With ``blocking=False``, False if it does not allow one right now.
-        """
-        if blocking:
-            permit = self.limiter.acquire(timeout=self.timeout)
-        elif (now := self.limiter.try_acquire()) is not None:
-            permit = now
-        else:
-            return False
-        permit.release()  # LangChain never says when the request ends: keep no slot
-        return True
-
-    async def aacquire(self, *, blocking: bool = True) -> bool:
-        """Await the limiter's leave for one more request start, without blocking the loop."""
-        if not blocking:
-            return self.acquire(blocking=False)
-        permit = await self.limiter.acquire_async(timeout=self.timeout)
-        permit.release()
-        return True
-
-    def __repr__(self) -> str:
-        return f"<crewthrottle.langchain.RateLimiter {self.limiter!r} timeout={self.timeout}>"
-
-
-def rate_limiter(limiter: Limiter, *, timeout: float | None = None) -> RateLimiter:
-    """``limiter`` as a LangChain ``BaseRateLimiter``: ``ChatOpenAI(rate_limiter=...)``.
-
-    Enforces ``rpm`` only; see :class:`RateLimiter` for why, and :func:`throttle_chat_model`
-    for a wrapper that enforces ``tpm`` and ``max_concurrent`` too.
-    ``limiter.as_langchain()`` calls this.
-    """
-    return RateLimiter(limiter, timeout=timeout)
-
-
-# -- throttle_chat_model: every limit, by wrapping the model ------------------------------------
 
 
 class ThrottledChatModel(BaseChatModel):
@@ -247,10 +110,14 @@ class ThrottledChatModel(BaseChatModel):
         call = self._call(self.chat_model._generate, messages, stop, run_manager, kwargs)
 
         def attempt() -> ChatResult:
-            with self.limiter.acquire(tokens) as permit:
+            permit = self._attempt(tokens)
+            permit.take()
+            try:
                 result: ChatResult = call()
-                _settle(permit, _result_tokens(result))
+                permit.add_usage(_result_tokens(result))
                 return result
+            finally:
+                permit.finish()
 
         return self.retry.call(attempt)
 
@@ -265,10 +132,14 @@ class ThrottledChatModel(BaseChatModel):
         call = self._call(self.chat_model._agenerate, messages, stop, run_manager, kwargs)
 
         async def attempt() -> ChatResult:
-            async with await self.limiter.acquire_async(tokens) as permit:
+            permit = self._attempt(tokens)
+            await permit.atake()
+            try:
                 result: ChatResult = await call()
-                _settle(permit, _result_tokens(result))
+                permit.add_usage(_result_tokens(result))
                 return result
+            finally:
+                await permit.afinish()
 
         result: ChatResult = await self.retry.call(attempt)
         return result
@@ -285,27 +156,28 @@ class ThrottledChatModel(BaseChatModel):
 
         # One attempt runs until the first chunk: a 429 comes before it and is retried, while
         # an error after it is not (the caller has already seen part of the reply).
-        def start() -> tuple[Permit, Iterator[ChatGenerationChunk], list[ChatGenerationChunk]]:
-            permit = self.limiter.acquire(tokens)
+        def start() -> tuple[Attempt, Iterator[ChatGenerationChunk], list[ChatGenerationChunk]]:
+            permit = self._attempt(tokens)
+            permit.take()
             try:
                 chunks: Iterator[ChatGenerationChunk] = open_stream()
                 return permit, chunks, list(itertools.islice(chunks, 1))
             except BaseException:
-                permit.release()
+                permit.finish()
                 raise
 
         permit, chunks, first = self.retry.call(start)
-        with permit:
+        try:
+            for chunk in itertools.chain(first, chunks):
+                permit.add_usage(getattr(chunk.message, "usage_metadata", None))
+                yield chunk
+        finally:
             try:
-                used: list[int] = []
-                for chunk in itertools.chain(first, chunks):
-                    used.extend(_counted(chunk.message))
-                    yield chunk
-                _settle(permit, sum(used) if used else None)
-            finally:
                 close = getattr(chunks, "close", None)
                 if close is not None:
                     close()
+            finally:
+                permit.finish()
 
     async def _astream(
         self,
@@ -317,31 +189,32 @@ class ThrottledChatModel(BaseChatModel):
         tokens = self._tokens(messages, stop, kwargs)
         open_stream = self._call(self.chat_model._astream, messages, stop, run_manager, kwargs)
 
-        async def start() -> tuple[Permit, AsyncIterator[ChatGenerationChunk], list[Any]]:
-            permit = await self.limiter.acquire_async(tokens)
+        async def start() -> tuple[Attempt, AsyncIterator[ChatGenerationChunk], list[Any]]:
+            permit = self._attempt(tokens)
+            await permit.atake()
             try:
                 chunks: AsyncIterator[ChatGenerationChunk] = open_stream()
                 first = await anext(chunks, None)
                 return permit, chunks, [] if first is None else [first]
             except BaseException:
-                permit.release()
+                await permit.afinish()
                 raise
 
         permit, chunks, first = await self.retry.call(start)
-        async with permit:
+        try:
+            for chunk in first:
+                permit.add_usage(getattr(chunk.message, "usage_metadata", None))
+                yield chunk
+            async for chunk in chunks:
+                permit.add_usage(getattr(chunk.message, "usage_metadata", None))
+                yield chunk
+        finally:
             try:
-                used: list[int] = []
-                for chunk in first:
-                    used.extend(_counted(chunk.message))
-                    yield chunk
-                async for chunk in chunks:
-                    used.extend(_counted(chunk.message))
-                    yield chunk
-                _settle(permit, sum(used) if used else None)
-            finally:
                 aclose = getattr(chunks, "aclose", None)
                 if aclose is not None:
                     await aclose()
+            finally:
+                await permit.afinish()
 
     def _tokens(
         self, messages: list[BaseMessage], stop: list[str] | None, kwargs: Mapping[str, Any]
@@ -349,17 +222,19 @@ class ThrottledChatModel(BaseChatModel):
         """The tokens to reserve for one request, capped so that it can always be granted."""
         options = dict(kwargs) if stop is None else {**kwargs, "stop": stop}
         if self.token_estimator is None:
-            tokens = estimate_tokens(messages, model=self.chat_model, **options)
-        else:
-            tokens = self.token_estimator(messages, **options)
-            if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
-                raise ValueError(f"estimate_tokens must return an int >= 0, got {tokens!r}")
-        # A generous completion budget must not make a request larger than the whole tpm
-        # (the limiter would refuse it for good); a prompt alone that large is refused.
+            return shared.DEFAULT_ESTIMATOR.estimate(
+                messages, model=self.chat_model, limiter=self.limiter, options=options
+            )
+        tokens = shared.checked_estimate(self.token_estimator(messages, **options))
+        # A generous guess must not make a request larger than the whole tpm (the limiter
+        # would refuse it for good); a prompt alone that large is refused.
         tpm = self.limiter.tpm
         if tpm is not None and tokens > tpm:
-            tokens = max(tpm, _prompt_tokens(messages, options.get("tools")))
+            tokens = max(tpm, shared.prompt_tokens(messages, options.get("tools")))
         return tokens
+
+    def _attempt(self, tokens: int) -> Attempt:
+        return Attempt(self.limiter, tokens, model=self.chat_model)
 
     @staticmethod
     def _call(
@@ -421,22 +296,18 @@ def throttle_chat_model(
     """
     if not isinstance(model, BaseChatModel):
         raise TypeError(f"model must be a LangChain chat model, got {type(model).__name__}")
-    _check_limiter(limiter)
+    shared.check_limiter(limiter)
     if isinstance(model, ThrottledChatModel) and model.limiter is limiter:
         raise ValueError("model is already throttled by this limiter")
-    if retry is None:
-        retry = backoff()
-    elif not isinstance(retry, Backoff):
-        raise TypeError(f"retry must be a crewthrottle.backoff(...), got {type(retry).__name__}")
-    if estimate_tokens is not None and not callable(estimate_tokens):
-        raise TypeError(f"estimate_tokens must be callable, got {type(estimate_tokens).__name__}")
+    shared.check_retry(retry)
+    shared.check_callable(estimate_tokens, "estimate_tokens")
     inherited = {name: getattr(model, name) for name in _INHERITED & model.model_fields_set}
     if type(model)._stream is BaseChatModel._stream:
         inherited["disable_streaming"] = True  # it cannot stream: let LangChain fall back
     return ThrottledChatModel(
         chat_model=_without_sdk_retries(model),
         limiter=limiter,
-        retry=retry if retry.limiter is not None else retry.with_limiter(limiter),
+        retry=shared.wire_retry(retry, limiter, backoff()),
         token_estimator=estimate_tokens,
         **inherited,
     )
@@ -452,47 +323,11 @@ def estimate_tokens(
     ``max_completion_tokens``/``max_tokens``/``max_output_tokens`` found in ``options``, then
     on ``model``, else :data:`DEFAULT_COMPLETION_TOKENS`; times ``n`` choices.
     """
-    prompt = _prompt_tokens(messages, options.get("tools"))
-    cap = _first_int(options, model, _MAX_TOKENS_NAMES) or DEFAULT_COMPLETION_TOKENS
-    return prompt + cap * (_first_int(options, model, ("n",)) or 1)
+    prompt = shared.prompt_tokens(messages, options.get("tools"))
+    return prompt + (shared.completion_cap(options, model) or DEFAULT_COMPLETION_TOKENS)
 
 
 # -- helpers -------------------------------------------------------------------------------------
-
-
-def _check_limiter(limiter: object) -> Limiter:
-    if not isinstance(limiter, Limiter):
-        raise TypeError(f"limiter must be a crewthrottle.Limiter, got {type(limiter).__name__}")
-    return limiter
-
-
-def _prompt_tokens(messages: Sequence[BaseMessage], tools: object) -> int:
-    chars = sum(len(_text(message.content)) for message in messages)
-    for message in messages:
-        for call in message.tool_calls if isinstance(message, AIMessage) else ():
-            chars += len(call["name"]) + len(json.dumps(call["args"], default=str))
-    if tools:
-        chars += len(json.dumps(tools, default=str))
-    return max(1, math.ceil(chars / 4))
-
-
-def _text(content: object) -> str:
-    """The text of a message's content: a string, or the text parts of a list of blocks."""
-    if isinstance(content, str):
-        return content
-    parts = content if isinstance(content, list) else []
-    texts = (p if isinstance(p, str) else p.get("text") for p in parts if isinstance(p, str | dict))
-    return "".join(t for t in texts if isinstance(t, str))
-
-
-def _first_int(options: Mapping[str, Any], model: object, names: Sequence[str]) -> int | None:
-    """The first positive int among ``options[name]``, then ``model.name``, for ``names``."""
-    for source in (options.get, lambda name: getattr(model, name, None)):
-        for name in names:
-            value = source(name)
-            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-                return value
-    return None
 
 
 def _counted(message: BaseMessage) -> list[int]:
@@ -511,11 +346,6 @@ def _result_tokens(result: ChatResult) -> int | None:
     usage = (result.llm_output or {}).get("token_usage")
     total = usage.get("total_tokens") if isinstance(usage, dict) else None
     return total if isinstance(total, int) and not isinstance(total, bool) else None
-
-
-def _settle(permit: Permit, tokens: int | None) -> None:
-    if tokens is not None:
-        permit.settle(tokens)
 
 
 def _without_sdk_retries(model: BaseChatModel) -> BaseChatModel:

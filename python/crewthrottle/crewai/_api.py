@@ -1,58 +1,24 @@
-"""CrewAI integration: throttle a crew's LLM calls, and run many crews inside the limits.
+"""``throttle_llm``, ``kickoff_all``, ``akickoff_all``: the CrewAI integration's public face.
 
-Throttle your crew in three lines::
-
-    import crewthrottle as ct
-    from crewthrottle.crewai import kickoff_all
-
-    limiter = ct.Limiter(rpm=500, tpm=200_000, max_concurrent=8)
-    results = kickoff_all(crews, limiter=limiter)
-
-or throttle one LLM and use it as any other: ``Agent(llm=throttle_llm(llm, limiter))``.
-
-The limiter shapes LLM calls, not crews. Never hold it around ``crew.kickoff()`` (``with
-limiter:``): the crew's own calls wait for the slots its kickoff holds, and once every slot is
-held so, nothing moves. Bound crews in flight with ``kickoff_all(..., max_workers=N)`` instead.
-A throttled call that finds itself in that situation raises ``RuntimeError`` rather than hang
-(see :func:`throttle_llm`).
-
-CrewAI is imported only when these functions are called (``pip install 'crewthrottle[crewai]'``).
+(The package docstring, in ``crewthrottle/crewai/__init__.py``, says how to use them.)
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from crewthrottle import _crewai_run as run
+from crewthrottle import _integrations as shared
 from crewthrottle._backoff import Backoff, backoff
-from crewthrottle._crewai_guard import DEFAULT_DEADLOCK_AFTER
-from crewthrottle._crewai_llm import (
-    DEFAULT_COMPLETION_TOKENS,
-    EstimateTokens,
-    Throttled,
-    Throttling,
-    estimate_tokens,
-    make_throttled,
-    throttling_of,
-)
+from crewthrottle._guard import DEFAULT_DEADLOCK_AFTER
+from crewthrottle._integrations import DEFAULT_COMPLETION_TOKENS, EstimateTokens
 from crewthrottle._native import Limiter
+from crewthrottle.crewai import _run as run
+from crewthrottle.crewai._llm import Throttled, Throttling, make_throttled, throttling_of
 
 if TYPE_CHECKING:
     from crewai import Crew
     from crewai.llms.base_llm import BaseLLM
-
-__all__ = [
-    "DEFAULT_COMPLETION_TOKENS",
-    "DEFAULT_DEADLOCK_AFTER",
-    "DEFAULT_RETRY",
-    "akickoff_all",
-    "estimate_tokens",
-    "is_throttled",
-    "kickoff_all",
-    "throttle_llm",
-]
 
 L = TypeVar("L", bound="BaseLLM")
 
@@ -110,18 +76,30 @@ def throttle_llm(
     base = _base_llm()
     if not isinstance(llm, base):
         raise TypeError(f"llm must be a CrewAI LLM (crewai.LLM), got {type(llm).__name__}")
-    if not isinstance(limiter, Limiter):
-        raise TypeError(f"limiter must be a crewthrottle.Limiter, got {type(limiter).__name__}")
-    if retry is not None and not isinstance(retry, Backoff):
-        raise TypeError(f"retry must be a crewthrottle.backoff(...), got {type(retry).__name__}")
-    if estimate_tokens is not None and not callable(estimate_tokens):
-        raise TypeError(f"estimate_tokens must be callable, got {type(estimate_tokens).__name__}")
-    deadlock_after = _seconds_or_none(deadlock_after)
+    shared.check_limiter(limiter)
+    shared.check_retry(retry)
+    shared.check_callable(estimate_tokens, "estimate_tokens")
+    deadlock_after = shared.seconds_or_none(deadlock_after, "deadlock_after")
     if isinstance(llm, Throttled):
         return _already_throttled(llm, limiter, retry, estimate_tokens, deadlock_after)
     throttling = Throttling(limiter, retry or DEFAULT_RETRY, estimate_tokens, deadlock_after)
+    cap, tpm = shared.completion_cap({}, llm), limiter.tpm
+    if estimate_tokens is None and cap is not None and tpm is not None and cap >= tpm:
+        shared.warn_large_budget(llm, cap, limiter)  # said once, now rather than at a call
     throttled: L = make_throttled(llm, throttling)
     return throttled
+
+
+def estimate_tokens(messages: str | Sequence[Any], llm: Any) -> int:
+    """The default size of a call, in tokens: prompt plus completion budget.
+
+    The prompt is all message text at 4 characters a token, rounded up (as OpenAI's own rate
+    limiter estimates it); the completion budget is the LLM's ``max_completion_tokens`` or
+    ``max_tokens`` (what OpenAI and Anthropic reserve until the reply's usage is known), else
+    :data:`DEFAULT_COMPLETION_TOKENS`.
+    """
+    cap = shared.completion_cap({}, llm)
+    return shared.prompt_tokens(messages) + (DEFAULT_COMPLETION_TOKENS if cap is None else cap)
 
 
 def is_throttled(llm: object) -> bool:
@@ -199,8 +177,8 @@ def _prepare(
     progress: bool,
 ) -> tuple[run.Plan, int, run.Bar]:
     _base_llm()
-    if limiter is not None and not isinstance(limiter, Limiter):
-        raise TypeError(f"limiter must be a crewthrottle.Limiter, got {type(limiter).__name__}")
+    if limiter is not None:
+        shared.check_limiter(limiter)
     if not isinstance(progress, bool):
         raise TypeError(f"progress must be a bool, got {progress!r}")
     workers = run.check_workers(max_workers)
@@ -232,16 +210,6 @@ def _already_throttled(
             "when it is first throttled (throttle the original LLM to change them)"
         )
     return llm
-
-
-def _seconds_or_none(value: object) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"deadlock_after must be a number of seconds or None, got {value!r}")
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"deadlock_after must be a finite number of seconds > 0, got {value}")
-    return float(value)
 
 
 def _base_llm() -> type[BaseLLM]:

@@ -14,9 +14,9 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from crewthrottle._backoff import _note
-from crewthrottle._crewai_guard import refuse_if_held
-from crewthrottle._crewai_llm import Throttled, throttling_of
+from crewthrottle._guard import refuse_if_held
 from crewthrottle._native import Limiter
+from crewthrottle.crewai._llm import Throttled, throttling_of
 
 if TYPE_CHECKING:
     from crewai import Crew
@@ -209,8 +209,9 @@ def _submit(pool: ThreadPoolExecutor, plan: Plan, job: Job, bar: Bar) -> Future[
 
 
 def _kickoff(plan: Plan, job: Job) -> Any:
-    output: Any = plan.crew_for(job).kickoff(inputs=job.inputs)
-    if _is_stream(output):  # a streaming crew runs as its output is read: read it all
+    crew = plan.crew_for(job)
+    output: Any = crew.kickoff(inputs=job.inputs)
+    if crew.stream:  # a streaming crew runs as its output is read: read it all
         for _ in output:
             pass
         return output.result
@@ -247,8 +248,9 @@ async def run_all_async(plan: Plan, workers: int, return_exceptions: bool, bar: 
 
 async def _akickoff(plan: Plan, job: Job, slots: asyncio.Semaphore) -> Any:
     async with slots:
-        output: Any = await plan.crew_for(job).akickoff(inputs=job.inputs)
-        if _is_stream(output):
+        crew = plan.crew_for(job)
+        output: Any = await crew.akickoff(inputs=job.inputs)
+        if crew.stream:
             async for _ in output:
                 pass
             return output.result
@@ -260,10 +262,6 @@ def _task_outcome(task: asyncio.Future[Any]) -> Any:
         return _Cancelled()
     error = task.exception()
     return error if error is not None else _Result(task.result())
-
-
-def _is_stream(output: object) -> bool:
-    return type(output).__name__ == "CrewStreamingOutput"
 
 
 @dataclass

@@ -1,0 +1,371 @@
+"""What every integration (CrewAI, LangChain, the SDKs under them) shares, written once.
+
+- **Arguments**: the checks every public entry point makes (:func:`check_limiter`, ...).
+- **Sizing a call**: :class:`TokenEstimator`, the one place that decides how many tokens a
+  call reserves (prompt text at 4 characters a token plus the completion cap the provider
+  itself reserves, capped so that a call can always be granted), and warns when a huge
+  ``max_tokens`` turns a token budget into one call per window.
+- **Reading a reply**: :func:`usage_tokens` reads OpenAI's, Anthropic's and LangChain's usage
+  shapes.
+- **Retries**: :func:`wire_retry` points a policy at the limiter it pauses.
+- **One call's permit**: :class:`Attempt` takes it (late: just before the HTTP request where
+  the integration can see it), settles it to the usage the provider reported and gives it
+  back. Every throttled call of every integration passes through it, so what happens to an
+  LLM call (start, usage, end, rate-limit error) can be observed in this one place.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from crewthrottle import _guard as guard
+from crewthrottle._backoff import Backoff
+from crewthrottle._native import Limiter, Permit
+
+__all__ = [
+    "DEFAULT_COMPLETION_TOKENS",
+    "DEFAULT_ESTIMATOR",
+    "MAX_TOKENS_NAMES",
+    "Attempt",
+    "EstimateTokens",
+    "TokenEstimator",
+    "check_callable",
+    "check_limiter",
+    "check_retry",
+    "checked_estimate",
+    "completion_cap",
+    "prompt_tokens",
+    "seconds_or_none",
+    "usage_tokens",
+    "warn_large_budget",
+    "warn_once",
+    "wire_retry",
+]
+
+logger = logging.getLogger("crewthrottle")
+
+#: Completion tokens reserved for a call that names no ``max_tokens`` (nor an equivalent);
+#: settled to the real count from the reply's usage.
+DEFAULT_COMPLETION_TOKENS = 256
+
+#: Option names under which LLMs and chat models take the completion's cap, in order of
+#: preference (OpenAI, Anthropic, Google, older APIs, Hugging Face).
+MAX_TOKENS_NAMES = (
+    "max_completion_tokens",
+    "max_tokens",
+    "max_output_tokens",
+    "max_tokens_to_sample",
+    "max_new_tokens",
+)
+
+#: A user's estimator: whatever arguments its integration documents, returning an int.
+EstimateTokens = Callable[..., int]
+
+
+# -- arguments -----------------------------------------------------------------------------------
+
+
+def check_limiter(limiter: object, name: str = "limiter") -> Limiter:
+    """``limiter`` if it is a :class:`~crewthrottle.Limiter`, else ``TypeError`` naming it."""
+    if not isinstance(limiter, Limiter):
+        raise TypeError(f"{name} must be a crewthrottle.Limiter, got {type(limiter).__name__}")
+    return limiter
+
+
+def check_retry(retry: object) -> Backoff | None:
+    """``retry`` if it is None or a :func:`crewthrottle.backoff` policy, else ``TypeError``."""
+    if retry is not None and not isinstance(retry, Backoff):
+        raise TypeError(f"retry must be a crewthrottle.backoff(...), got {type(retry).__name__}")
+    return retry
+
+
+def check_callable(value: object, name: str) -> None:
+    """``TypeError`` naming ``name`` unless ``value`` is None or callable."""
+    if value is not None and not callable(value):
+        raise TypeError(f"{name} must be callable, got {type(value).__name__}")
+
+
+def seconds_or_none(value: object, name: str) -> float | None:
+    """``value`` as finite seconds > 0, or None; ``TypeError``/``ValueError`` naming ``name``."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds or None, got {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number of seconds > 0, got {value}")
+    return float(value)
+
+
+def wire_retry(retry: Backoff | None, limiter: Limiter, default: Backoff) -> Backoff:
+    """``retry`` (or ``default``) pausing ``limiter`` when a provider names a wait, unless it
+    already pauses a limiter of its own choosing."""
+    policy = default if retry is None else retry
+    return policy if policy.limiter is not None else policy.with_limiter(limiter)
+
+
+# -- warnings ------------------------------------------------------------------------------------
+
+_warned: set[str] = set()
+_warned_lock = threading.Lock()
+
+
+def warn_once(key: str, message: str) -> None:
+    """A ``RuntimeWarning`` (and a log line) the first time ``key`` is seen in this process."""
+    with _warned_lock:
+        if key in _warned:
+            return
+        _warned.add(key)
+    logger.warning("%s", message)
+    warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+# -- sizing a call -------------------------------------------------------------------------------
+
+
+def _text(content: object) -> str:
+    """The text of a message's content: a string, or the text parts of a list of blocks."""
+    if isinstance(content, str):
+        return content
+    parts = content if isinstance(content, list) else []
+    texts = (p if isinstance(p, str) else p.get("text") for p in parts if isinstance(p, str | dict))
+    return "".join(t for t in texts if isinstance(t, str))
+
+
+def _message_chars(message: object) -> int:
+    """Characters of one message: an OpenAI-style dict, or a LangChain message (its content
+    and tool calls)."""
+    if isinstance(message, Mapping):
+        return len(_text(message.get("content")))
+    chars = len(_text(getattr(message, "content", None)))
+    for call in getattr(message, "tool_calls", None) or ():
+        if isinstance(call, Mapping):
+            chars += len(str(call.get("name", ""))) + len(json.dumps(call.get("args"), default=str))
+    return chars
+
+
+def prompt_tokens(messages: object, tools: object = None) -> int:
+    """All message text (and ``tools``' schemas) at 4 characters a token, rounded up, at least
+    1: the rule of thumb OpenAI's and Anthropic's own limiters are documented to follow."""
+    if isinstance(messages, str):
+        chars = len(messages)
+    elif isinstance(messages, Sequence):
+        chars = sum(_message_chars(m) for m in messages)
+    else:
+        chars = 0
+    if tools:
+        chars += len(json.dumps(tools, default=str))
+    return max(1, math.ceil(chars / 4))
+
+
+def _positive_int(value: object) -> int | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 1:
+        return int(value)
+    return None
+
+
+def completion_cap(options: Mapping[str, Any], model: object) -> int | None:
+    """The completion cap a request names: the first of :data:`MAX_TOKENS_NAMES` in
+    ``options``, then on ``model``; times ``n`` choices; None if none is set."""
+    for source in (options.get, lambda name: getattr(model, name, None)):
+        for name in MAX_TOKENS_NAMES:
+            cap = _positive_int(source(name))
+            if cap is not None:
+                choices = _positive_int(options.get("n")) or _positive_int(getattr(model, "n", 0))
+                return cap * (choices or 1)
+    return None
+
+
+def checked_estimate(value: object) -> int:
+    """A user estimator's result, refused with a clear error unless an int >= 0."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"estimate_tokens must return an int, got {value!r}")
+    if value < 0:
+        raise ValueError(f"estimate_tokens must return a count >= 0, got {value}")
+    return value
+
+
+class TokenEstimator:
+    """How many tokens one call reserves: the one place every integration asks.
+
+    The default is what the providers themselves reserve when a request arrives: OpenAI
+    counts the prompt's estimated tokens plus ``max_tokens`` (times ``n``), Anthropic counts
+    input tokens and estimates output tokens from ``max_tokens``, both adjusting to the real
+    usage afterwards — which :class:`Attempt` does too, by settling. A call that names no
+    cap reserves :data:`DEFAULT_COMPLETION_TOKENS`. A reservation is never larger than the
+    limiter's ``tpm`` (a guess must not make a call impossible); a prompt alone that large is
+    kept, and refused by the limiter.
+
+    A subclass can learn (the sizes of settled completions, characters per token) through
+    :meth:`observe`, which :class:`Attempt` calls with every settled usage.
+    """
+
+    def estimate(
+        self,
+        messages: object,
+        *,
+        model: object,
+        limiter: Limiter,
+        options: Mapping[str, Any] | None = None,
+    ) -> int:
+        """Tokens to reserve for one request of ``messages`` to ``model``."""
+        options = options or {}
+        prompt = prompt_tokens(messages, options.get("tools"))
+        cap = completion_cap(options, model)
+        budget = DEFAULT_COMPLETION_TOKENS if cap is None else cap
+        return self.capped(prompt, budget, limiter, model)
+
+    def capped(self, prompt: int, budget: int, limiter: Limiter, model: object) -> int:
+        """``prompt + budget``, the budget cut so that the call fits in ``limiter.tpm``; warns
+        once per model and limiter when that cut leaves room for one call per window."""
+        tpm = limiter.tpm
+        if tpm is None or prompt + budget <= tpm:
+            return prompt + budget
+        warn_large_budget(model, budget, limiter)
+        return prompt + min(budget, tpm - prompt) if prompt <= tpm else prompt
+
+    def observe(self, model: object, reserved: int, used: int) -> None:
+        """A call to ``model`` that reserved ``reserved`` tokens used ``used`` (for learning
+        estimators; the default learns nothing)."""
+
+
+def warn_large_budget(model: object, budget: int, limiter: Limiter) -> None:
+    """Warn (once per model, cap and limiter) that ``budget`` completion tokens per call
+    leave room for a single call per window of ``limiter``."""
+    name = getattr(model, "model", None) or getattr(model, "model_name", None) or type(model)
+    warn_once(
+        f"budget:{name}:{budget}:{id(limiter)}",
+        f"crewthrottle: each call to {name} reserves its completion cap of {budget} tokens "
+        "(max_tokens: the provider itself counts it until the reply says otherwise) against "
+        f"tpm={limiter.tpm} of {limiter!r}: one call per window at most, whatever the rpm. "
+        "Set max_tokens on the LLM close to the replies you expect (e.g. max_tokens=1024), "
+        "or pass estimate_tokens=... to reserve less.",
+    )
+
+
+#: The estimator integrations use unless told otherwise.
+DEFAULT_ESTIMATOR = TokenEstimator()
+
+
+# -- reading a reply ----------------------------------------------------------------------------
+
+
+def _field(usage: object, name: str) -> int | None:
+    value = usage.get(name) if isinstance(usage, Mapping) else getattr(usage, name, None)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def usage_tokens(usage: object) -> int | None:
+    """Tokens a reply counted, from any usage shape: OpenAI's (``total_tokens``, else prompt
+    plus completion), LangChain's ``usage_metadata`` (``total_tokens``) or Anthropic's (input,
+    cache creation and output tokens; cache reads do not count against Anthropic's limits).
+    None when nothing can be read: the estimate then stands."""
+    if usage is None or isinstance(usage, bool):
+        return None
+    if isinstance(usage, int):
+        return usage
+    total = _field(usage, "total_tokens")
+    if total is not None:
+        return total
+    prompt, completion = _field(usage, "prompt_tokens"), _field(usage, "completion_tokens")
+    if prompt is not None or completion is not None:
+        return (prompt or 0) + (completion or 0)
+    names = ("input_tokens", "cache_creation_input_tokens", "output_tokens")
+    parts = [_field(usage, name) for name in names]
+    if all(part is None for part in parts):
+        return None
+    return sum(part or 0 for part in parts)
+
+
+# -- one call's permit ---------------------------------------------------------------------------
+
+
+class Attempt:
+    """One attempt of a throttled call: its permit, taken as late as the integration allows.
+
+    Where the integration sees each HTTP request (an SDK client's transport, CrewAI's
+    interceptor), :meth:`take` runs just before it is sent; elsewhere when the attempt starts.
+    A permit taken early lets the request reach the provider later than the limiter counted
+    it, possibly into the next window.
+
+    Every throttled LLM call of every integration passes through here: :meth:`take` (start),
+    :meth:`add_usage` (what the provider reported), :meth:`finish` (end). If the HTTP request
+    left without a permit (a seam the integration relies on moved), :meth:`finish` charges it
+    afterwards and warns, rather than letting it go uncounted.
+    """
+
+    __slots__ = ("deadlock_after", "estimator", "limiter", "model", "permit", "tokens", "used")
+
+    def __init__(
+        self,
+        limiter: Limiter,
+        tokens: int,
+        *,
+        model: object = None,
+        deadlock_after: float | None = None,
+        estimator: TokenEstimator = DEFAULT_ESTIMATOR,
+    ) -> None:
+        self.limiter = limiter
+        self.tokens = tokens
+        self.model = model
+        self.deadlock_after = deadlock_after
+        self.estimator = estimator
+        self.permit: Permit | None = None
+        self.used: int | None = None  # tokens the provider reported for the current permit
+
+    def take(self) -> None:
+        """Take the permit for a request (giving back the one a previous request held)."""
+        self._give_back()
+        self.permit = guard.acquire(self.limiter, self.tokens, self.deadlock_after)
+
+    async def atake(self) -> None:
+        """:meth:`take` for asyncio: waits without blocking the event loop."""
+        self._give_back()
+        self.permit = await guard.acquire_async(self.limiter, self.tokens, self.deadlock_after)
+
+    def add_usage(self, usage: object) -> None:
+        """Count what the provider reported for the request under way."""
+        tokens = usage_tokens(usage)
+        if tokens is not None:
+            self.used = tokens if self.used is None else self.used + tokens
+
+    def finish(self) -> None:
+        """Settle and give back the permit; charge a request that went out without one."""
+        if self.permit is None and self.used is not None:
+            _warn_unpermitted()
+            self.permit = guard.acquire(self.limiter, self.tokens, None)
+        self._give_back()
+
+    async def afinish(self) -> None:
+        """:meth:`finish` for asyncio: a late charge waits without blocking the event loop."""
+        if self.permit is None and self.used is not None:
+            _warn_unpermitted()
+            self.permit = await guard.acquire_async(self.limiter, self.tokens, None)
+        self._give_back()
+
+    def _give_back(self) -> None:
+        permit, self.permit = self.permit, None
+        if permit is None:
+            return
+        used, self.used = self.used, None
+        try:
+            if used is not None:
+                permit.settle(used)
+                self.estimator.observe(self.model, self.tokens, used)
+        finally:
+            guard.release(self.limiter, permit)
+
+
+def _warn_unpermitted() -> None:
+    warn_once(
+        "unpermitted",
+        "crewthrottle: an LLM request was sent without passing the hook that takes its "
+        "permit (a seam of the LLM library moved; see crewthrottle._seams): it was charged "
+        "to the limiter after the fact, so requests may have exceeded the limits meanwhile. "
+        "Please report this with your library versions.",
+    )
