@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import random
+import sys
 import threading
 import time
 
@@ -225,3 +226,46 @@ def test_endless_huge_settles_never_wrap_the_token_count() -> None:
     time.sleep(0.5)  # the window passes: every huge entry leaves it
     assert limiter.stats()["tokens_in_window"] == 0
     limiter.acquire(tokens=1_000, timeout=1).release()
+
+
+def test_requests_are_counted_from_when_their_thread_can_run() -> None:
+    # Issue 9 (the unexplained 429): a thread granted a permit must get the GIL back before
+    # its request can start, and under contention that takes a long while. The limiter counts
+    # each start from when the thread takes its grant with the GIL held, so the starts the
+    # threads record themselves never put more than rpm in any window.
+    rpm, window = 5, 1.0
+    limiter = ct.Limiter(rpm=rpm, window=window, margin=0.01)
+    starts: list[float] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def hog() -> None:  # holds the GIL for whole switch intervals
+        n = 0
+        while not stop.is_set():
+            n += 1
+
+    def worker() -> None:
+        while not stop.is_set():
+            try:
+                permit = limiter.acquire(timeout=0.5)
+            except ct.AcquireTimeout:
+                continue
+            with lock:
+                starts.append(time.monotonic())
+            permit.release()
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(0.05)
+    threads = [threading.Thread(target=hog) for _ in range(2)]
+    threads += [threading.Thread(target=worker) for _ in range(8)]
+    try:
+        for t in threads:
+            t.start()
+        time.sleep(4.0)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(10)
+        sys.setswitchinterval(interval)
+    assert len(starts) >= 3 * rpm
+    assert max_in_window(starts, window) <= rpm, sorted(starts)

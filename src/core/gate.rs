@@ -257,20 +257,43 @@ impl<R: Resource> Gate<R> {
     /// a granted ticket gives the grant back, so nothing is lost whichever comes first.
     pub fn poll(&self, ticket: Ticket, notifier: &Notifier) -> Polled<R::Grant> {
         self.locked(|st, now, outbox| {
-            let mut head_retry = dispatch(st, now, outbox);
-            if let Some(handed) = st.handed.remove(&ticket.0) {
-                if let Some(grant) = pick_up(st, ticket.0, handed, now) {
-                    return Polled::Ready(grant);
-                }
-                // Too late to honour: it waits again, first in line.
-                head_retry = dispatch(st, now, outbox);
-                if let Some(handed) = st.handed.remove(&ticket.0) {
-                    if let Some(grant) = pick_up(st, ticket.0, handed, now) {
-                        return Polled::Ready(grant);
-                    }
-                }
+            let head_retry = dispatch(st, now, outbox);
+            match take_locked(st, ticket.0, now, outbox) {
+                Some(grant) => Polled::Ready(grant),
+                None => register(st, ticket.0, notifier, head_retry, outbox),
             }
-            register(st, ticket.0, notifier, head_retry, outbox)
+        })
+    }
+
+    /// [`Gate::poll`] for a waiter that cannot run the moment it wakes (a thread that must
+    /// wait for the interpreter lock before its request can start): a grant stays with the
+    /// gate, and `Ready(())` says to come for it with [`Gate::take`] once able to use it.
+    pub fn poll_handed(&self, ticket: Ticket, notifier: &Notifier) -> Polled<()> {
+        self.locked(|st, now, outbox| {
+            let head_retry = dispatch(st, now, outbox);
+            if st.handed.contains_key(&ticket.0) {
+                return Polled::Ready(());
+            }
+            match register(st, ticket.0, notifier, head_retry, outbox) {
+                Polled::Pending(at) => Polled::Pending(at),
+                _ => Polled::Unknown,
+            }
+        })
+    }
+
+    /// Takes the grant handed to `ticket` (see [`Gate::poll_handed`]), counted from now.
+    /// `Pending(None)` if it came too late to honour: the ticket is queued again, first in
+    /// line, to be polled again.
+    pub fn take(&self, ticket: Ticket) -> Polled<R::Grant> {
+        self.locked(|st, now, outbox| {
+            if let Some(grant) = take_locked(st, ticket.0, now, outbox) {
+                return Polled::Ready(grant);
+            }
+            if st.queue.contains_key(&ticket.0) {
+                Polled::Pending(None)
+            } else {
+                Polled::Unknown
+            }
         })
     }
 
@@ -421,6 +444,24 @@ fn read_state<R: Resource, T>(
         times,
     };
     read(resource, &figures, now)
+}
+
+/// Takes the grant handed to `id`, if any. One taken too late is given back and the waiter
+/// queued again, first in line; the queue is then served again, so it may be handed a fresh
+/// grant at once.
+fn take_locked<R: Resource>(
+    st: &mut State<R>,
+    id: u64,
+    now: Nanos,
+    outbox: &mut Outbox,
+) -> Option<R::Grant> {
+    let handed = st.handed.remove(&id)?;
+    if let Some(grant) = pick_up(st, id, handed, now) {
+        return Some(grant);
+    }
+    dispatch(st, now, outbox);
+    let handed = st.handed.remove(&id)?;
+    pick_up(st, id, handed, now)
 }
 
 /// Takes `request` from the resource for a caller that did not queue.

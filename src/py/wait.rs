@@ -34,8 +34,8 @@ impl Notify for ThreadNotify {
     }
 }
 
-enum Step<G> {
-    Granted(G),
+enum Step {
+    Handed,
     TimedOut,
     CheckSignals,
     Lost,
@@ -73,10 +73,20 @@ pub fn block_on<R: Resource>(
     let notifier: Notifier = Arc::new(ThreadNotify(thread::current()));
     loop {
         match py.detach(|| park_until_step(gate, ticket, &notifier, deadline, slice)) {
-            Step::Granted(grant) => {
-                queued.settle();
-                return Ok(Some(grant));
-            }
+            // Taken now that this thread holds the GIL again, and so counted from now: the
+            // request starts when its thread can run, which under contention is well after
+            // the grant (issue 9: up to 0.58 s, past the margin, and a 429).
+            Step::Handed => match gate.take(ticket) {
+                Polled::Ready(grant) => {
+                    queued.settle();
+                    return Ok(Some(grant));
+                }
+                Polled::Pending(_) => {}
+                Polled::Unknown => {
+                    queued.settle();
+                    return Err(lost_ticket());
+                }
+            },
             Step::TimedOut => {
                 queued.abandon(Abandon::Timeout);
                 return Ok(None);
@@ -123,11 +133,11 @@ fn park_until_step<R: Resource>(
     notifier: &Notifier,
     deadline: Option<Instant>,
     slice: Option<Duration>,
-) -> Step<R::Grant> {
+) -> Step {
     let slice_end = slice.map(|s| Instant::now() + s);
     loop {
-        let retry_at = match gate.poll(ticket, notifier) {
-            Polled::Ready(grant) => return Step::Granted(grant),
+        let retry_at = match gate.poll_handed(ticket, notifier) {
+            Polled::Ready(()) => return Step::Handed,
             Polled::Pending(at) => at,
             Polled::Unknown => return Step::Lost,
         };

@@ -369,3 +369,27 @@ fn a_forked_child_keeps_the_waiters_of_the_forking_threads_loop() {
     assert_eq!(gate.poll(tickets[0], &forking_loop), Polled::Ready(()));
     assert_eq!(gate.poll(tickets[3], &forking_loop), Polled::Ready(()));
 }
+
+#[test]
+fn a_grant_is_counted_from_when_its_thread_comes_for_it() {
+    use crate::core::limiter::{LimiterBudget, LimiterConfig, LimiterRequest};
+    let clock = Clock::manual();
+    let config = LimiterConfig::new(None, Some(1), None, 10.0, None, Some(0.0)).unwrap();
+    let gate = Gate::new(LimiterBudget::new(config), clock.clone());
+    let request = LimiterRequest { tokens: 0 };
+    assert!(matches!(gate.acquire(request).unwrap(), Acquired::Now(_)));
+    let ticket = queued(gate.acquire(request).unwrap());
+    let (_, waker) = counting_waker();
+    clock.advance(Duration::from_secs(10));
+    assert_eq!(gate.poll_handed(ticket, &waker), Polled::Ready(()));
+    // The thread gets the interpreter lock back 3 s later (an extreme of contention).
+    clock.advance(Duration::from_secs(3));
+    assert!(matches!(gate.take(ticket), Polled::Ready(_)));
+    clock.advance(Duration::from_secs(7));
+    let next = queued(gate.acquire(request).unwrap());
+    assert_eq!(
+        gate.poll(next, &waker),
+        Polled::Pending(Some(Nanos::new(23_000_000_000))),
+        "the window frees 10 s after the request started (13 s), not after its grant (10 s)"
+    );
+}
