@@ -29,6 +29,12 @@ import yarl
 
 from crewthrottle._rate_limit_errors import is_rate_limit_error, retry_after
 
+# The SDK's own class for 529; exported at the top level only by newer releases (CrewAI's
+# anthropic extra pins 0.73, where it lives in the exceptions module).
+OverloadedError = getattr(anthropic, "OverloadedError", None) or vars(
+    __import__("anthropic._exceptions", fromlist=["OverloadedError"])
+)["OverloadedError"]
+
 # -- the libraries' own exceptions, made as the libraries make them ---------------------------
 
 REQUEST = httpx.Request("POST", "https://api.openai.com/v1/chat/completions")
@@ -209,7 +215,7 @@ def chained(outer: BaseException, inner: BaseException, *, cause: bool = True) -
             anthropic_error(anthropic.RateLimitError, 429, ANTHROPIC_RATE_LIMIT), id="anthropic-429"
         ),
         pytest.param(
-            anthropic_error(anthropic.OverloadedError, 529, ANTHROPIC_OVERLOADED),
+            anthropic_error(OverloadedError, 529, ANTHROPIC_OVERLOADED),
             id="anthropic-529",
         ),
         pytest.param(
