@@ -1,0 +1,528 @@
+-- crewthrottle: one shared limiter budget on Redis (issue 7).
+--
+-- One script decides everything about a budget atomically, on the Redis server's clock: the
+-- concurrency slots (leases that their live holders renew), the exact sliding windows of
+-- requests and tokens, the pacing (GCRA), the pause, and the first-come-first-served queue of
+-- waiters of every process. It is the Redis counterpart of src/core/limiter.rs (the budget)
+-- and src/core/gate.rs (the queue): the same answers to the same questions — grant now, not
+-- before T, or not until a release. Callers (src/store/redis/) only wait and talk.
+--
+-- Times are microseconds of the server's clock (TIME). Every key shares the budget's hash
+-- tag, so the script runs on one node of a cluster.
+--
+-- KEYS: 1 config, 2 state, 3 requests window, 4 tokens window, 5 token amounts, 6 holders,
+--       7 queue, 8 queued requests, 9 queue leases, 10 handed grants, 11 reaped grants
+-- ARGV: 1 op, 2 config digest, 3 max_concurrent, 4 rpm, 5 tpm, 6 window_us, 7 margin_us,
+--       8 burst, 9 lease_us, 10 replace ("1": these limits replace stored ones), 11 epoch the
+--       caller knows ("" if none), 12 channel, 13.. the op's arguments
+
+local K_CONFIG, K_STATE, K_REQS, K_TOKS, K_AMOUNTS, K_HOLDERS = 1, 2, 3, 4, 5, 6
+local K_QUEUE, K_QINFO, K_QLEASE, K_HANDED, K_REAPED = 7, 8, 9, 10, 11
+
+local ENTRY_CAP = 18014398509481984 -- 2^54, as src/core/sliding_window.rs (exact in a double)
+
+local op = ARGV[1]
+local now
+do
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+
+-- Numbers go to Redis as whole decimals: Lua would write 1.7966697618924e+15 (14 digits).
+local function int(n)
+  return string.format('%.0f', n)
+end
+
+local function num(v, default)
+  if v == false or v == nil or v == '' then return default end
+  return tonumber(v)
+end
+
+-- The budget's configuration, as stored (the stored limits win; see `check_config`).
+local cfg = {}
+
+local function load_config()
+  local v = redis.call('HMGET', KEYS[K_CONFIG], 'max_concurrent', 'rpm', 'tpm', 'window_us',
+    'margin_us', 'burst')
+  cfg.max_concurrent = num(v[1], -1)
+  cfg.rpm = num(v[2], -1)
+  cfg.tpm = num(v[3], -1)
+  cfg.window_us = num(v[4], 60000000)
+  cfg.margin_us = num(v[5], 0)
+  cfg.burst = num(v[6], 1)
+  cfg.counted_us = cfg.window_us + cfg.margin_us
+  if cfg.rpm > 0 then
+    cfg.interval_us = math.floor(cfg.window_us / cfg.rpm)
+    if cfg.interval_us < 1 then cfg.interval_us = 1 end
+    cfg.tolerance_us = cfg.interval_us * (cfg.burst - 1)
+    cfg.lateness_us = math.min(math.floor(cfg.interval_us / 4), 2000)
+  end
+end
+
+local function store_config(epoch)
+  redis.call('HSET', KEYS[K_CONFIG], 'digest', ARGV[2], 'max_concurrent', ARGV[3], 'rpm', ARGV[4],
+    'tpm', ARGV[5], 'window_us', ARGV[6], 'margin_us', ARGV[7], 'burst', ARGV[8])
+  if epoch then redis.call('HSET', KEYS[K_STATE], 'epoch', epoch) end
+end
+
+-- Checks the caller's limits against the stored ones. A budget met for the first time takes
+-- the caller's; one whose state was lost (the caller knew an epoch) starts conservatively:
+-- no rate grant for one window, since the lost window may have been full.
+local function check_config()
+  local digest = redis.call('HGET', KEYS[K_CONFIG], 'digest')
+  if not digest then
+    local epoch = int(now)
+    store_config(epoch)
+    if ARGV[11] ~= '' then
+      local counted = tonumber(ARGV[6]) + tonumber(ARGV[7])
+      redis.call('HSET', KEYS[K_STATE], 'recovering_until', int(now + counted))
+    end
+  elseif digest ~= ARGV[2] then
+    if ARGV[10] == '1' then
+      store_config(nil)
+    else
+      return false
+    end
+  end
+  load_config()
+  return true
+end
+
+local state = {}
+
+local function load_state()
+  local v = redis.call('HMGET', KEYS[K_STATE], 'tat', 'paused_until', 'recovering_until',
+    'next_id', 'tok_used', 'epoch', 'announced')
+  state.tat = num(v[1], nil)
+  state.paused_until = num(v[2], 0)
+  state.recovering_until = num(v[3], 0)
+  state.next_id = num(v[4], 1)
+  state.tok_used = num(v[5], 0)
+  state.epoch = v[6] or ''
+  state.announced = v[7] or ''
+end
+
+local counters = {}
+local function count(name, by)
+  counters[name] = (counters[name] or 0) + (by or 1)
+end
+
+local function save_state()
+  local fields = {'next_id', int(state.next_id), 'tok_used', int(state.tok_used),
+    'paused_until', int(state.paused_until), 'recovering_until', int(state.recovering_until),
+    'announced', state.announced}
+  if state.tat then
+    fields[#fields + 1] = 'tat'
+    fields[#fields + 1] = int(state.tat)
+  end
+  redis.call('HSET', KEYS[K_STATE], unpack(fields))
+  for name, by in pairs(counters) do
+    redis.call('HINCRBY', KEYS[K_STATE], name, int(by))
+  end
+end
+
+local function new_id()
+  local id = state.next_id
+  state.next_id = id + 1
+  return id
+end
+
+-- Sliding windows --------------------------------------------------------------------------
+
+local function expire_windows()
+  local cutoff = now - cfg.counted_us
+  if cfg.rpm > 0 then
+    redis.call('ZREMRANGEBYSCORE', KEYS[K_REQS], '-inf', int(cutoff))
+  end
+  if cfg.tpm > 0 then
+    local old = redis.call('ZRANGEBYSCORE', KEYS[K_TOKS], '-inf', int(cutoff))
+    for _, id in ipairs(old) do
+      state.tok_used = state.tok_used - num(redis.call('HGET', KEYS[K_AMOUNTS], id), 0)
+      redis.call('HDEL', KEYS[K_AMOUNTS], id)
+    end
+    if #old > 0 then
+      redis.call('ZREMRANGEBYSCORE', KEYS[K_TOKS], '-inf', int(cutoff))
+    end
+    if state.tok_used < 0 then state.tok_used = 0 end
+  end
+end
+
+-- The first instant at which one more request fits in the requests window.
+local function requests_ready()
+  local used = redis.call('ZCARD', KEYS[K_REQS])
+  if used < cfg.rpm then return now end
+  local oldest = redis.call('ZRANGE', KEYS[K_REQS], used - cfg.rpm, used - cfg.rpm, 'WITHSCORES')
+  return tonumber(oldest[2]) + cfg.counted_us
+end
+
+-- The first instant at which `tokens` more fit in the tokens window.
+local function tokens_ready(tokens)
+  local over = state.tok_used + tokens - cfg.tpm
+  if over <= 0 then return now end
+  local entries = redis.call('ZRANGE', KEYS[K_TOKS], 0, -1, 'WITHSCORES')
+  for i = 1, #entries, 2 do
+    over = over - num(redis.call('HGET', KEYS[K_AMOUNTS], entries[i]), 0)
+    if over <= 0 then return tonumber(entries[i + 1]) + cfg.counted_us end
+  end
+  return now + cfg.counted_us
+end
+
+local function add_tokens(id, amount)
+  local held = num(redis.call('HGET', KEYS[K_AMOUNTS], id), 0)
+  local added = math.min(amount, ENTRY_CAP - held)
+  redis.call('HSET', KEYS[K_AMOUNTS], id, int(held + added))
+  state.tok_used = state.tok_used + added
+end
+
+-- Takes back up to `amount` tokens from entry `id`; what it took.
+local function refund_tokens(id, amount)
+  local held = num(redis.call('HGET', KEYS[K_AMOUNTS], id), nil)
+  if not held then return 0 end
+  local taken = math.min(amount, held)
+  redis.call('HSET', KEYS[K_AMOUNTS], id, int(held - taken))
+  state.tok_used = state.tok_used - taken
+  return taken
+end
+
+-- Pacing (GCRA), as src/core/pacer.rs -------------------------------------------------------
+
+local function pacer_ready()
+  if cfg.rpm <= 0 or not state.tat then return now end
+  return math.max(now, state.tat - cfg.tolerance_us)
+end
+
+local function pacer_record()
+  if cfg.rpm <= 0 then return end
+  local start = now
+  if state.tat and now <= state.tat + cfg.lateness_us then start = state.tat end
+  state.tat = start + cfg.interval_us
+end
+
+local function pacer_refund()
+  if cfg.rpm > 0 and state.tat then state.tat = state.tat - cfg.interval_us end
+end
+
+-- Grants -------------------------------------------------------------------------------------
+
+local function in_flight()
+  return redis.call('ZCARD', KEYS[K_HOLDERS])
+end
+
+-- Grants `tokens` now, or says when to ask again: {true, grant id} or {false, retry_at or -1,
+-- the limit that holds it}.
+local function try_take(tokens, lease_us)
+  if cfg.max_concurrent >= 0 and in_flight() >= cfg.max_concurrent then
+    return {false, -1, 'max_concurrent'}
+  end
+  local ready, by = now, nil
+  local function hold(at, name)
+    if at > ready then ready, by = at, name end
+  end
+  hold(state.paused_until, 'pause')
+  hold(state.recovering_until, 'recovering')
+  if cfg.rpm > 0 then
+    hold(pacer_ready(), 'pacing')
+    hold(requests_ready(), 'rpm')
+  end
+  if cfg.tpm > 0 and tokens > 0 then hold(tokens_ready(tokens), 'tpm') end
+  if ready > now then return {false, ready, by} end
+  local id = new_id()
+  pacer_record()
+  redis.call('ZADD', KEYS[K_HOLDERS], int(now + lease_us), id)
+  if cfg.rpm > 0 then redis.call('ZADD', KEYS[K_REQS], int(now), id) end
+  if cfg.tpm > 0 and tokens > 0 then
+    redis.call('ZADD', KEYS[K_TOKS], int(now), id)
+    add_tokens(id, tokens)
+  end
+  count('acquired')
+  count('tokens_charged', tokens)
+  return {true, id}
+end
+
+-- Gives back a grant that was never used: its slot, its windows, its pacing.
+local function give_back(id, tokens)
+  if redis.call('ZREM', KEYS[K_HOLDERS], id) == 0 then return end
+  pacer_refund()
+  if cfg.rpm > 0 then redis.call('ZREM', KEYS[K_REQS], id) end
+  if cfg.tpm > 0 and tokens > 0 then
+    count('tokens_refunded', refund_tokens(id, tokens))
+  end
+end
+
+-- Leases: holders and queued waiters of a process that stopped renewing them are dropped.
+local function prune()
+  local dead = redis.call('ZRANGEBYSCORE', KEYS[K_HOLDERS], '-inf', int(now))
+  for _, id in ipairs(dead) do
+    redis.call('ZADD', KEYS[K_REAPED], int(now), id)
+  end
+  if #dead > 0 then
+    redis.call('ZREMRANGEBYSCORE', KEYS[K_HOLDERS], '-inf', int(now))
+    count('reaped', #dead)
+  end
+  redis.call('ZREMRANGEBYSCORE', KEYS[K_REAPED], '-inf', int(now - 2 * cfg.counted_us))
+  local lost = redis.call('ZRANGEBYSCORE', KEYS[K_QLEASE], '-inf', int(now))
+  for _, ticket in ipairs(lost) do
+    redis.call('ZREM', KEYS[K_QUEUE], ticket)
+    redis.call('HDEL', KEYS[K_QINFO], ticket)
+    local handed = redis.call('HGET', KEYS[K_HANDED], ticket)
+    if handed then
+      local gid, tokens = string.match(handed, '^(%d+) (%d+)')
+      give_back(gid, tonumber(tokens))
+      redis.call('HDEL', KEYS[K_HANDED], ticket)
+    end
+  end
+  if #lost > 0 then
+    redis.call('ZREMRANGEBYSCORE', KEYS[K_QLEASE], '-inf', int(now))
+    count('cancelled', #lost)
+  end
+end
+
+local handed_now = {}
+local head_retry = -1
+local head_ticket = -1
+
+-- Serves the queue in order while the head can be granted; grants are kept for their
+-- waiters, who take them with `poll`. Notes the head's retry instant for the announcement.
+local function dispatch()
+  while true do
+    local head = redis.call('ZRANGE', KEYS[K_QUEUE], 0, 0)[1]
+    if not head then return end
+    local info = redis.call('HGET', KEYS[K_QINFO], head)
+    local tokens, since = string.match(info or '0 0', '^(%d+) (%d+)')
+    tokens = tonumber(tokens)
+    local lease_us = redis.call('ZSCORE', KEYS[K_QLEASE], head)
+    lease_us = math.max(num(lease_us, now) - now, 1000000)
+    local r = try_take(tokens, lease_us)
+    if not r[1] then
+      head_ticket, head_retry = tonumber(head), r[2]
+      return
+    end
+    redis.call('ZREM', KEYS[K_QUEUE], head)
+    redis.call('HDEL', KEYS[K_QINFO], head)
+    redis.call('HSET', KEYS[K_HANDED], head,
+      int(r[2]) .. ' ' .. int(tokens) .. ' ' .. int(now) .. ' ' .. since)
+    handed_now[#handed_now + 1] = head
+  end
+end
+
+-- Tells every process what changed for waiters: grants handed (to be taken by their owners)
+-- and the head of the queue with the time it may be served (-1: at a release). Said only when
+-- it changed, so idle waiters hear nothing.
+local function announce()
+  local head = int(head_ticket) .. ';' .. int(head_retry)
+  if #handed_now == 0 and head == state.announced then return end
+  state.announced = head
+  local retry = -1
+  if head_retry >= 0 then retry = math.max(head_retry - now, 0) end
+  redis.call('PUBLISH', ARGV[12],
+    table.concat(handed_now, ',') .. ';' .. int(head_ticket) .. ';' .. int(retry))
+end
+
+-- Takes the grant handed to `ticket`: {'G', grant id, tokens, waited_us}, or nil.
+local function take(ticket, lease_us)
+  local handed = redis.call('HGET', KEYS[K_HANDED], ticket)
+  if not handed then return nil end
+  redis.call('HDEL', KEYS[K_HANDED], ticket)
+  local gid, tokens, granted, since = string.match(handed, '^(%d+) (%d+) (%d+) (%d+)')
+  if not redis.call('ZSCORE', KEYS[K_HOLDERS], gid) then return nil end
+  redis.call('ZADD', KEYS[K_HOLDERS], 'XX', int(now + lease_us), gid)
+  count('total_wait_us', now - tonumber(since))
+  return {'G', tonumber(gid), tonumber(tokens), now - tonumber(since)}
+end
+
+local function touch_keys()
+  local ttl = math.max(2 * cfg.counted_us, 3 * tonumber(ARGV[9])) / 1000 + 60000
+  for i = 1, #KEYS do
+    redis.call('PEXPIRE', KEYS[i], int(ttl))
+  end
+end
+
+local function finish(reply)
+  announce()
+  save_state()
+  touch_keys()
+  return reply
+end
+
+local function retry_in(ticket)
+  if head_ticket == ticket and head_retry >= 0 then return head_retry - now end
+  return -1
+end
+
+-- The ops ------------------------------------------------------------------------------------
+
+if not check_config() then
+  local v = redis.call('HMGET', KEYS[K_CONFIG], 'digest', 'max_concurrent', 'rpm', 'tpm',
+    'window_us', 'margin_us', 'burst')
+  return {'CONFLICT', v[1], v[2], v[3], v[4], v[5], v[6], v[7]}
+end
+load_state()
+local epoch_changed = (ARGV[11] ~= '' and ARGV[11] ~= state.epoch) and 1 or 0
+
+if op == 'stats' then
+  expire_windows()
+  prune()
+  save_state()
+  local v = redis.call('HMGET', KEYS[K_STATE], 'acquired', 'tokens_charged', 'tokens_refunded',
+    'cancelled', 'reaped', 'total_wait_us', 'timeouts')
+  return {'S', in_flight(), redis.call('ZCARD', KEYS[K_QUEUE]),
+    cfg.rpm > 0 and redis.call('ZCARD', KEYS[K_REQS]) or -1,
+    cfg.tpm > 0 and state.tok_used or -1,
+    math.max(state.paused_until, state.recovering_until, now) - now,
+    num(v[1], 0), num(v[2], 0), num(v[3], 0), num(v[4], 0), num(v[5], 0), num(v[6], 0),
+    num(v[7], 0), state.epoch, cfg.max_concurrent, cfg.rpm, cfg.tpm, cfg.window_us,
+    cfg.margin_us, cfg.burst}
+end
+
+expire_windows()
+prune()
+dispatch()
+
+if op == 'acquire' then
+  -- ARGV 13: tokens, 14: lease_us, 15: "1" to queue when not granted at once
+  local tokens, lease_us = tonumber(ARGV[13]), tonumber(ARGV[14])
+  local first = redis.call('ZCARD', KEYS[K_QUEUE]) == 0
+  local r = {false, -1, 'queue'}
+  if first then
+    r = try_take(tokens, lease_us)
+    if r[1] then return finish({'G', r[2], tokens, 0, state.epoch, epoch_changed}) end
+  end
+  if ARGV[15] ~= '1' then
+    local retry = -1
+    if r[2] >= 0 then retry = r[2] - now end
+    return finish({'N', retry, r[3] or 'max_concurrent', state.epoch, epoch_changed})
+  end
+  local ticket = new_id()
+  redis.call('ZADD', KEYS[K_QUEUE], int(ticket), int(ticket))
+  redis.call('HSET', KEYS[K_QINFO], int(ticket), int(tokens) .. ' ' .. int(now))
+  redis.call('ZADD', KEYS[K_QLEASE], int(now + lease_us), int(ticket))
+  if first then head_ticket, head_retry = ticket, r[2] end
+  return finish({'Q', ticket, retry_in(ticket), state.epoch, epoch_changed})
+end
+
+if op == 'poll' then
+  -- ARGV 13: ticket, 14: lease_us
+  local ticket, lease_us = tonumber(ARGV[13]), tonumber(ARGV[14])
+  local taken = take(ticket, lease_us)
+  if taken then
+    taken[5], taken[6] = state.epoch, epoch_changed
+    return finish(taken)
+  end
+  if redis.call('ZSCORE', KEYS[K_QUEUE], ticket) then
+    redis.call('ZADD', KEYS[K_QLEASE], 'XX', int(now + lease_us), ticket)
+    return finish({'W', retry_in(ticket)})
+  end
+  return finish({'U'})
+end
+
+if op == 'abandon' then
+  -- ARGV 13: ticket, 14: "timeout" or "cancelled"
+  local ticket = ARGV[13]
+  local handed = redis.call('HGET', KEYS[K_HANDED], ticket)
+  local known = false
+  if handed then
+    local gid, tokens = string.match(handed, '^(%d+) (%d+)')
+    give_back(gid, tonumber(tokens))
+    redis.call('HDEL', KEYS[K_HANDED], ticket)
+    known = true
+  elseif redis.call('ZREM', KEYS[K_QUEUE], ticket) == 1 then
+    redis.call('HDEL', KEYS[K_QINFO], ticket)
+    redis.call('ZREM', KEYS[K_QLEASE], ticket)
+    known = true
+  end
+  if known then
+    count(ARGV[14] == 'timeout' and 'timeouts' or 'cancelled')
+    dispatch()
+  end
+  return finish({'A', known and 1 or 0})
+end
+
+if op == 'release' then
+  -- ARGV 13: grant id. Refused (0) when its lease expired and the slot was reaped: a late
+  -- release never frees a slot twice.
+  local released = redis.call('ZREM', KEYS[K_HOLDERS], ARGV[13])
+  if released == 1 then dispatch() end
+  return finish({'R', released})
+end
+
+if op == 'settle' then
+  -- ARGV 13: grant id, 14: tokens charged so far, 15: actual tokens. Refused (0) for a
+  -- grant reaped with its lease.
+  local gid, charged, actual = ARGV[13], tonumber(ARGV[14]), tonumber(ARGV[15])
+  if redis.call('ZSCORE', KEYS[K_REAPED], gid) then return finish({'R', 0}) end
+  if cfg.tpm > 0 then
+    local in_window = redis.call('ZSCORE', KEYS[K_TOKS], gid)
+    if actual < charged then
+      count('tokens_refunded', refund_tokens(gid, charged - actual))
+    elseif actual > charged then
+      if not in_window then
+        redis.call('ZADD', KEYS[K_TOKS], int(now), gid)
+      end
+      add_tokens(gid, actual - charged)
+      count('tokens_charged', actual - charged)
+    end
+  elseif actual > charged then
+    count('tokens_charged', actual - charged)
+  else
+    count('tokens_refunded', charged - actual)
+  end
+  dispatch()
+  return finish({'R', 1})
+end
+
+if op == 'redate' then
+  -- ARGV 13: grant id, 14: microseconds later than recorded that it really started.
+  local gid, later = ARGV[13], tonumber(ARGV[14])
+  for _, key in ipairs({KEYS[K_REQS], KEYS[K_TOKS]}) do
+    local at = redis.call('ZSCORE', key, gid)
+    if at then redis.call('ZADD', key, 'XX', int(tonumber(at) + later), gid) end
+  end
+  return finish({'R', 1})
+end
+
+if op == 'pause' then
+  -- ARGV 13: microseconds
+  local started = state.paused_until <= now
+  state.paused_until = math.max(state.paused_until, now + tonumber(ARGV[13]))
+  return finish({'P', (started and state.paused_until > now) and 1 or 0})
+end
+
+if op == 'resume' then
+  state.paused_until = 0
+  dispatch()
+  return finish({'P', 1})
+end
+
+if op == 'renew' then
+  -- ARGV 13: lease_us, 14: count of grant ids, then grant ids, then tickets.
+  -- Extends the leases of a live process's holders and queued waiters. Grants unknown here
+  -- after the state was lost (a new epoch) are adopted again; reaped ones are reported lost.
+  -- Handed tickets are reported so that the process takes them (a lost announcement).
+  local lease_us, n = tonumber(ARGV[13]), tonumber(ARGV[14])
+  local lost, handed = {}, {}
+  for i = 15, 14 + n do
+    local gid = ARGV[i]
+    if redis.call('ZADD', KEYS[K_HOLDERS], 'XX', 'CH', int(now + lease_us), gid) == 0
+        and not redis.call('ZSCORE', KEYS[K_HOLDERS], gid) then
+      if epoch_changed == 1 and not redis.call('ZSCORE', KEYS[K_REAPED], gid) then
+        redis.call('ZADD', KEYS[K_HOLDERS], int(now + lease_us), gid)
+      else
+        lost[#lost + 1] = gid
+      end
+    end
+  end
+  for i = 15 + n, #ARGV do
+    local ticket = ARGV[i]
+    if redis.call('HEXISTS', KEYS[K_HANDED], ticket) == 1 then
+      handed[#handed + 1] = ticket
+    elseif redis.call('ZADD', KEYS[K_QLEASE], 'XX', 'CH', int(now + lease_us), ticket) == 0
+        and not redis.call('ZSCORE', KEYS[K_QLEASE], ticket) then
+      lost[#lost + 1] = 't' .. ticket
+    end
+  end
+  dispatch()
+  return finish({'N', table.concat(lost, ','), table.concat(handed, ','), head_ticket,
+    retry_in(head_ticket), state.epoch})
+end
+
+return redis.error_reply('crewthrottle: unknown op ' .. tostring(op))
