@@ -29,6 +29,34 @@ impl fmt::Display for InvalidArgument {
 
 impl std::error::Error for InvalidArgument {}
 
+/// Why a queue could not answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueueError {
+    /// A bad argument (Python's `ValueError`).
+    Invalid(InvalidArgument),
+    /// The store that keeps the budget cannot be reached: what and why.
+    Unavailable(String),
+    /// The store keeps other limits for this budget than this process was given.
+    Conflict(String),
+}
+
+impl From<InvalidArgument> for QueueError {
+    fn from(err: InvalidArgument) -> Self {
+        QueueError::Invalid(err)
+    }
+}
+
+impl fmt::Display for QueueError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            QueueError::Invalid(err) => err.fmt(f),
+            QueueError::Unavailable(what) | QueueError::Conflict(what) => f.write_str(what),
+        }
+    }
+}
+
+impl std::error::Error for QueueError {}
+
 /// The longest span the core schedules over, in seconds (about 31 years): beyond it the
 /// nanosecond arithmetic of the GCRA could overflow, so such limits are refused.
 pub const MAX_SPAN_SECS: f64 = 1e9;

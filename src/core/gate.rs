@@ -72,9 +72,9 @@ pub trait Resource: Send + 'static {
     fn after_fork_in_child(&mut self, intact: bool);
 }
 
-/// A queued request, identified by the gate that issued it.
+/// A queued request, identified by the queue that issued it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Ticket(u64);
+pub struct Ticket(pub u64);
 
 /// The answer to [`Gate::acquire`].
 #[derive(Debug)]

@@ -9,6 +9,7 @@ pub mod limiter;
 pub mod notify;
 pub mod pacer;
 pub mod published;
+pub mod queue;
 pub mod retry_budget;
 pub mod semaphore;
 pub mod sliding_window;

@@ -4,7 +4,7 @@ use pyo3::create_exception;
 use pyo3::exceptions::{PyRuntimeError, PyTimeoutError, PyValueError};
 use pyo3::PyErr;
 
-use crate::core::error::InvalidArgument;
+use crate::core::error::{InvalidArgument, QueueError};
 use crate::core::semaphore::OverRelease;
 
 create_exception!(
@@ -17,6 +17,31 @@ create_exception!(
 impl From<InvalidArgument> for PyErr {
     fn from(err: InvalidArgument) -> PyErr {
         PyValueError::new_err(err.to_string())
+    }
+}
+
+create_exception!(
+    crewthrottle,
+    BackendUnavailable,
+    pyo3::exceptions::PyConnectionError,
+    "The store that keeps a shared limit (Redis) cannot be reached; the message names it and \
+     why (a subclass of ConnectionError)."
+);
+
+create_exception!(
+    crewthrottle,
+    LimitsConflict,
+    PyValueError,
+    "Another process set other limits for this shared budget (a subclass of ValueError)."
+);
+
+impl From<QueueError> for PyErr {
+    fn from(err: QueueError) -> PyErr {
+        match err {
+            QueueError::Invalid(err) => err.into(),
+            QueueError::Unavailable(what) => BackendUnavailable::new_err(what),
+            QueueError::Conflict(what) => LimitsConflict::new_err(what),
+        }
     }
 }
 

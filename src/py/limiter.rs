@@ -28,7 +28,7 @@ struct PermitOutcome {
     timeout: f64,
 }
 
-impl AsyncOutcome<LimiterBudget> for PermitOutcome {
+impl AsyncOutcome<LimiterGrant> for PermitOutcome {
     fn granted(&self, py: Python<'_>, grant: LimiterGrant) -> PyResult<Py<PyAny>> {
         Ok(Py::new(py, Permit::new(Arc::clone(&self.gate), grant))?.into_any())
     }
@@ -41,7 +41,7 @@ impl AsyncOutcome<LimiterBudget> for PermitOutcome {
 /// `async with limiter:`: the grant is lent to the limiter until `__aexit__`.
 struct LentOutcome(Arc<Gate<LimiterBudget>>);
 
-impl AsyncOutcome<LimiterBudget> for LentOutcome {
+impl AsyncOutcome<LimiterGrant> for LentOutcome {
     fn granted(&self, py: Python<'_>, grant: LimiterGrant) -> PyResult<Py<PyAny>> {
         self.0.with_resource(|budget, _| budget.lend(grant));
         Ok(py.None())
@@ -118,7 +118,7 @@ impl Limiter {
     ) -> PyResult<Py<Permit>> {
         let request = request(tokens)?;
         let secs = args::timeout(timeout)?;
-        match wait::block_on(py, &self.gate, request, secs)? {
+        match wait::block_on(py, &*self.gate, request, secs)? {
             Some(grant) => self.permit(py, grant),
             None => Err(timeout_error(secs.unwrap_or(f64::INFINITY))),
         }
@@ -156,7 +156,7 @@ impl Limiter {
     }
 
     fn __enter__(&self, py: Python<'_>) -> PyResult<()> {
-        if let Some(grant) = wait::block_on(py, &self.gate, LimiterRequest::default(), None)? {
+        if let Some(grant) = wait::block_on(py, &*self.gate, LimiterRequest::default(), None)? {
             self.gate.with_resource(|budget, _| budget.lend(grant));
         }
         Ok(())

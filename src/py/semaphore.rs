@@ -95,7 +95,7 @@ impl Semaphore {
             return Ok(self.gate.try_acquire(())?.is_some());
         }
         let timeout = args::threading_timeout(timeout)?;
-        Ok(wait::block_on(py, &self.gate, (), timeout)?.is_some())
+        Ok(wait::block_on(py, &*self.gate, (), timeout)?.is_some())
     }
 
     /// Awaits a permit; returns False if `timeout` seconds pass first.

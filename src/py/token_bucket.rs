@@ -73,7 +73,7 @@ impl TokenBucket {
             return Ok(self.gate.try_acquire(n)?.is_some());
         }
         let timeout = args::timeout(timeout)?;
-        Ok(wait::block_on(py, &self.gate, n, timeout)?.is_some())
+        Ok(wait::block_on(py, &*self.gate, n, timeout)?.is_some())
     }
 
     /// Takes `n` tokens if they are available now and nobody is waiting.

@@ -13,9 +13,10 @@ use pyo3::types::PyTuple;
 
 use super::errors::lost_ticket;
 use super::take_once::TakeOnce;
-use crate::core::clock::Nanos;
-use crate::core::gate::{Abandon, Acquired, Gate, Polled, Resource, Ticket};
+use crate::core::error::QueueError;
+use crate::core::gate::{Abandon, Acquired, Polled, Ticket};
 use crate::core::notify::{Context, Delivery, Notifier, Notify};
+use crate::core::queue::WaitQueue;
 
 /// How often a waiter on the main thread looks for signals (Ctrl-C).
 const SIGNAL_SLICE: Duration = Duration::from_millis(50);
@@ -39,6 +40,7 @@ enum Step {
     TimedOut,
     CheckSignals,
     Lost,
+    Failed(QueueError),
 }
 
 /// Waits on the calling thread for `request`; `Ok(None)` when `timeout` (seconds) passes.
@@ -46,13 +48,15 @@ enum Step {
 /// # Errors
 /// `ValueError` for a request that can never be granted; `KeyboardInterrupt` (or whatever a
 /// signal handler raises) while waiting on the main thread, with nothing left held.
-pub fn block_on<R: Resource>(
+pub fn block_on<Q: WaitQueue>(
     py: Python<'_>,
-    gate: &Gate<R>,
-    request: R::Request,
+    gate: &Q,
+    request: Q::Request,
     timeout: Option<f64>,
-) -> PyResult<Option<R::Grant>> {
-    let ticket = match gate.acquire(request)? {
+) -> PyResult<Option<Q::Grant>> {
+    // A remote store may grant at once in one round trip: made with the GIL released.
+    let acquired = py.detach(|| gate.acquire(request, true))?;
+    let ticket = match acquired {
         Acquired::Now(grant) => return Ok(Some(grant)),
         Acquired::Queued(ticket) => ticket,
     };
@@ -76,7 +80,7 @@ pub fn block_on<R: Resource>(
             // Taken now that this thread holds the GIL again, and so counted from now: the
             // request starts when its thread can run, which under contention is well after
             // the grant (issue 9: up to 0.58 s, past the margin, and a 429).
-            Step::Handed => match gate.take(ticket) {
+            Step::Handed => match gate.take(ticket)? {
                 Polled::Ready(grant) => {
                     queued.settle();
                     return Ok(Some(grant));
@@ -96,19 +100,20 @@ pub fn block_on<R: Resource>(
                 queued.settle();
                 return Err(lost_ticket());
             }
+            Step::Failed(err) => return Err(err.into()), // dropping `queued` abandons it
         }
     }
 }
 
 /// A queued ticket that is abandoned (as cancelled) unless settled: no early return can
 /// leave it in the queue to receive a grant nobody will take.
-struct Queued<'a, R: Resource> {
-    gate: &'a Gate<R>,
+struct Queued<'a, Q: WaitQueue> {
+    gate: &'a Q,
     ticket: Ticket,
     settled: bool,
 }
 
-impl<R: Resource> Queued<'_, R> {
+impl<Q: WaitQueue> Queued<'_, Q> {
     fn settle(mut self) {
         self.settled = true;
     }
@@ -119,7 +124,7 @@ impl<R: Resource> Queued<'_, R> {
     }
 }
 
-impl<R: Resource> Drop for Queued<'_, R> {
+impl<Q: WaitQueue> Drop for Queued<'_, Q> {
     fn drop(&mut self) {
         if !self.settled {
             self.gate.abandon(self.ticket, Abandon::Cancelled);
@@ -127,8 +132,8 @@ impl<R: Resource> Drop for Queued<'_, R> {
     }
 }
 
-fn park_until_step<R: Resource>(
-    gate: &Gate<R>,
+fn park_until_step<Q: WaitQueue>(
+    gate: &Q,
     ticket: Ticket,
     notifier: &Notifier,
     deadline: Option<Instant>,
@@ -137,9 +142,10 @@ fn park_until_step<R: Resource>(
     let slice_end = slice.map(|s| Instant::now() + s);
     loop {
         let retry_at = match gate.poll_handed(ticket, notifier) {
-            Polled::Ready(()) => return Step::Handed,
-            Polled::Pending(at) => at,
-            Polled::Unknown => return Step::Lost,
+            Ok(Polled::Ready(())) => return Step::Handed,
+            Ok(Polled::Pending(at)) => at,
+            Ok(Polled::Unknown) => return Step::Lost,
+            Err(err) => return Step::Failed(err),
         };
         let now = Instant::now();
         if deadline.is_some_and(|d| now >= d) {
@@ -148,17 +154,12 @@ fn park_until_step<R: Resource>(
         if slice_end.is_some_and(|e| now >= e) {
             return Step::CheckSignals;
         }
-        let retry = retry_at.map(|at| now + until(gate, at));
+        let retry = retry_at.map(|at| now + gate.until(at));
         match [deadline, slice_end, retry].into_iter().flatten().min() {
             Some(wake_at) => thread::park_timeout(wake_at.saturating_duration_since(now)),
             None => thread::park(),
         }
     }
-}
-
-/// Time from the gate's `now` until `at`.
-fn until<R: Resource>(gate: &Gate<R>, at: Nanos) -> Duration {
-    Duration::from_nanos(at.as_u64().saturating_sub(gate.clock().now().as_u64()))
 }
 
 fn is_main_thread(py: Python<'_>) -> PyResult<bool> {
@@ -189,8 +190,8 @@ pub fn ready(py: Python<'_>, value: Py<PyAny>) -> PyResult<Py<PyAny>> {
 /// queued notifier never keeps its gate alive).
 type OnLost = Arc<dyn Fn() + Send + Sync>;
 
-fn abandon_when_lost<R: Resource>(gate: &Arc<Gate<R>>, ticket: Ticket) -> OnLost {
-    let gate: Weak<Gate<R>> = Arc::downgrade(gate);
+fn abandon_when_lost<Q: WaitQueue>(gate: &Arc<Q>, ticket: Ticket) -> OnLost {
+    let gate: Weak<Q> = Arc::downgrade(gate);
     Arc::new(move || {
         if let Some(gate) = gate.upgrade() {
             gate.abandon(ticket, Abandon::Gone);
@@ -268,9 +269,9 @@ impl Drop for WakeCall {
 }
 
 /// What an async wait turns its grant into, and what it answers on timeout.
-pub trait AsyncOutcome<R: Resource>: Send + Sync + 'static {
+pub trait AsyncOutcome<G>: Send + Sync + 'static {
     /// The awaited result for a grant.
-    fn granted(&self, py: Python<'_>, grant: R::Grant) -> PyResult<Py<PyAny>>;
+    fn granted(&self, py: Python<'_>, grant: G) -> PyResult<Py<PyAny>>;
     /// The awaited result on timeout (or the exception to raise).
     fn timed_out(&self, py: Python<'_>) -> PyResult<Py<PyAny>>;
 }
@@ -279,7 +280,7 @@ pub trait AsyncOutcome<R: Resource>: Send + Sync + 'static {
 /// (as `threading`'s `acquire` answers).
 pub struct Flag;
 
-impl<R: Resource<Grant = ()>> AsyncOutcome<R> for Flag {
+impl AsyncOutcome<()> for Flag {
     fn granted(&self, py: Python<'_>, _grant: ()) -> PyResult<Py<PyAny>> {
         Ok(true.into_pyobject(py)?.to_owned().into_any().unbind())
     }
@@ -302,21 +303,21 @@ pub trait AsyncWait: Send + Sync {
     fn abandon(&self, py: Python<'_>, timed_out: bool) -> PyResult<Py<PyAny>>;
 }
 
-/// The [`AsyncWait`] of a ticket on a gate.
-pub struct GateWait<R: Resource, O: AsyncOutcome<R>> {
-    gate: Arc<Gate<R>>,
+/// The [`AsyncWait`] of a ticket on a queue.
+pub struct GateWait<Q: WaitQueue, O: AsyncOutcome<Q::Grant>> {
+    gate: Arc<Q>,
     ticket: Ticket,
     finished: AtomicBool,
     outcome: O,
 }
 
-impl<R: Resource, O: AsyncOutcome<R>> GateWait<R, O> {
+impl<Q: WaitQueue, O: AsyncOutcome<Q::Grant>> GateWait<Q, O> {
     fn finish(&self) -> bool {
         !self.finished.swap(true, Ordering::AcqRel)
     }
 }
 
-impl<R: Resource, O: AsyncOutcome<R>> AsyncWait for GateWait<R, O> {
+impl<Q: WaitQueue, O: AsyncOutcome<Q::Grant>> AsyncWait for GateWait<Q, O> {
     fn poll<'py>(
         &self,
         py: Python<'py>,
@@ -329,7 +330,7 @@ impl<R: Resource, O: AsyncOutcome<R>> AsyncWait for GateWait<R, O> {
             loop_id: event_loop.as_ptr() as u64,
             on_lost: abandon_when_lost(&self.gate, self.ticket),
         });
-        match self.gate.poll(self.ticket, &notifier) {
+        match self.gate.poll(self.ticket, &notifier)? {
             Polled::Ready(grant) => {
                 self.finished.store(true, Ordering::Release);
                 let result = self.outcome.granted(py, grant)?;
@@ -342,7 +343,7 @@ impl<R: Resource, O: AsyncOutcome<R>> AsyncWait for GateWait<R, O> {
                 )
             }
             Polled::Pending(at) => {
-                let delay = at.map(|at| until(&self.gate, at).as_secs_f64());
+                let delay = at.map(|at| self.gate.until(at).as_secs_f64());
                 PyTuple::new(
                     py,
                     [
@@ -372,7 +373,7 @@ impl<R: Resource, O: AsyncOutcome<R>> AsyncWait for GateWait<R, O> {
     }
 }
 
-impl<R: Resource, O: AsyncOutcome<R>> Drop for GateWait<R, O> {
+impl<Q: WaitQueue, O: AsyncOutcome<Q::Grant>> Drop for GateWait<Q, O> {
     fn drop(&mut self) {
         // A wait dropped unfinished (its coroutine collected unawaited): nothing may leak.
         if self.finish() {
@@ -408,20 +409,21 @@ trait Start: Send + Sync {
     fn start(&self, py: Python<'_>) -> PyResult<(bool, Py<PyAny>)>;
 }
 
-struct Unstarted<R: Resource, O: AsyncOutcome<R>> {
-    gate: Arc<Gate<R>>,
-    request: R::Request,
+struct Unstarted<Q: WaitQueue, O: AsyncOutcome<Q::Grant>> {
+    gate: Arc<Q>,
+    request: Q::Request,
     outcome: TakeOnce<O>,
 }
 
-impl<R: Resource, O: AsyncOutcome<R>> Start for Unstarted<R, O> {
+impl<Q: WaitQueue, O: AsyncOutcome<Q::Grant>> Start for Unstarted<Q, O> {
     fn start(&self, py: Python<'_>) -> PyResult<(bool, Py<PyAny>)> {
         let Some(outcome) = self.outcome.take() else {
             return Err(pyo3::exceptions::PyRuntimeError::new_err(
                 "this acquisition was already awaited",
             ));
         };
-        match self.gate.acquire(self.request)? {
+        // On the event loop's thread: a remote store only queues here, never waits.
+        match self.gate.acquire(self.request, false)? {
             Acquired::Now(grant) => Ok((true, outcome.granted(py, grant)?)),
             Acquired::Queued(ticket) => {
                 let wait = GateWait {
@@ -449,10 +451,10 @@ impl Acquisition {
 
 /// An awaitable of the result of acquiring `request`. The request is validated now (bad
 /// input raises at the call), but joins the queue only when first awaited.
-pub fn acquire_async<R: Resource, O: AsyncOutcome<R>>(
+pub fn acquire_async<Q: WaitQueue, O: AsyncOutcome<Q::Grant>>(
     py: Python<'_>,
-    gate: &Arc<Gate<R>>,
-    request: R::Request,
+    gate: &Arc<Q>,
+    request: Q::Request,
     timeout: Option<f64>,
     outcome: O,
 ) -> PyResult<Py<PyAny>> {
