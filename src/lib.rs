@@ -2,6 +2,7 @@
 
 pub mod core;
 pub mod py;
+pub mod store;
 
 /// The extension module `crewthrottle._native`; the public API is `crewthrottle`.
 #[pyo3::pymodule(gil_used = false)]
@@ -9,7 +10,7 @@ mod _native {
     #[pymodule_export]
     use crate::py::backoff::BackoffSchedule;
     #[pymodule_export]
-    use crate::py::errors::AcquireTimeout;
+    use crate::py::errors::{AcquireTimeout, BackendUnavailable, LimitsConflict};
     #[pymodule_export]
     use crate::py::fork::{_after_fork_in_child, _after_fork_in_parent, _before_fork};
     #[pymodule_export]
@@ -18,6 +19,8 @@ mod _native {
     use crate::py::limiter_shared::_limiter_snapshots;
     #[pymodule_export]
     use crate::py::permit::Permit;
+    #[pymodule_export]
+    use crate::py::redis_backend::RedisBackend;
     #[pymodule_export]
     use crate::py::retry_budget::RetryBudget;
     #[pymodule_export]

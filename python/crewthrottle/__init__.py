@@ -16,9 +16,12 @@ import os
 from crewthrottle._backoff import Backoff, backoff, throttle
 from crewthrottle._native import (
     AcquireTimeout,
+    BackendUnavailable,
     BoundedSemaphore,
     Limiter,
+    LimitsConflict,
     Permit,
+    RedisBackend,
     RetryBudget,
     Semaphore,
     TokenBucket,
@@ -33,10 +36,13 @@ __version__ = importlib.metadata.version("crewthrottle")
 
 __all__ = [
     "AcquireTimeout",
+    "BackendUnavailable",
     "Backoff",
     "BoundedSemaphore",
     "Limiter",
+    "LimitsConflict",
     "Permit",
+    "RedisBackend",
     "RetryBudget",
     "Semaphore",
     "TokenBucket",

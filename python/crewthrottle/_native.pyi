@@ -18,9 +18,12 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 
 __all__ = [
     "AcquireTimeout",
+    "BackendUnavailable",
     "BoundedSemaphore",
     "Limiter",
+    "LimitsConflict",
     "Permit",
+    "RedisBackend",
     "RetryBudget",
     "Semaphore",
     "TokenBucket",
@@ -35,6 +38,52 @@ __all__ = [
 
 class AcquireTimeout(TimeoutError):
     """No permit could be had before the timeout passed (a subclass of TimeoutError)."""
+
+class BackendUnavailable(ConnectionError):
+    """The store that keeps a shared limit (Redis) cannot be reached; the message names it and
+    why (a subclass of ConnectionError)."""
+
+class LimitsConflict(ValueError):
+    """Another process set other limits for this shared budget (a subclass of ValueError)."""
+
+@final
+class RedisBackend:
+    """A Redis server that keeps budgets shared by every process and host that names them:
+    ``Limiter(..., name="openai/gpt-4o-mini", backend=RedisBackend(url))``.
+
+    ``lease`` (seconds, 0.001 to 86400, default 30): a concurrency slot, or a place in the
+    queue, of a process that stops renewing it (killed, hung) comes back within it; a live
+    process renews its leases every ``lease / 3``. ``timeout`` (seconds, 0.001 to 86400,
+    default 5): the longest a connection attempt or a command may take; an unreachable server
+    raises ``BackendUnavailable`` within about it. ``prefix``: the first part of every key
+    (``{prefix:name}:v1:...``). ``replace_limits``: these processes' limits replace the ones
+    stored for a budget (by default the stored limits win, and a process given others gets
+    ``LimitsConflict``)."""
+
+    def __new__(
+        cls,
+        url: str = "redis://127.0.0.1:6379/0",
+        *,
+        lease: float = 30.0,
+        timeout: float = 5.0,
+        prefix: str = "crewthrottle",
+        replace_limits: bool = False,
+    ) -> Self: ...
+    @property
+    def url(self) -> str:
+        """The server's URL."""
+    @property
+    def lease(self) -> float:
+        """Seconds a grant or a waiter of a process that stopped renewing it survives."""
+    @property
+    def timeout(self) -> float:
+        """The longest a connection attempt or a command may take, in seconds."""
+    @property
+    def prefix(self) -> str:
+        """The first part of every key."""
+    @property
+    def replace_limits(self) -> bool:
+        """Whether these limits replace the ones stored for a budget."""
 
 @disjoint_base
 class Semaphore:
@@ -148,7 +197,8 @@ class Permit:
 
 @final
 class Limiter:
-    """One limit shared by every thread and event loop of the process.
+    """One limit shared by every thread and event loop of the process — or, with
+    ``backend=RedisBackend(url)`` and a ``name``, by every process and host that names it.
 
     ``max_concurrent`` permits out at once; never more than ``rpm`` requests nor ``tpm``
     tokens started in any window of ``window`` seconds (default 60), requests spread evenly
@@ -176,9 +226,13 @@ class Limiter:
         burst: int | None = None,
         margin: float | None = None,
         name: str | None = None,
+        backend: RedisBackend | None = None,
     ) -> Self: ...
     @property
     def name(self) -> str | None: ...
+    @property
+    def backend(self) -> RedisBackend | None:
+        """The backend keeping the budget (``None``: this process)."""
     @property
     def max_concurrent(self) -> int | None: ...
     @property

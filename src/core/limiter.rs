@@ -237,6 +237,24 @@ impl LimiterBudget {
     }
 }
 
+/// Rejects a request no limiter of `config` could ever grant (more tokens than `tpm`).
+///
+/// # Errors
+/// [`InvalidArgument`] naming `tokens`.
+pub fn validate_request(
+    config: &LimiterConfig,
+    request: &LimiterRequest,
+) -> Result<(), InvalidArgument> {
+    let tokens = request.tokens;
+    match config.tpm {
+        Some(tpm) if tokens > tpm => Err(InvalidArgument::new(
+            "tokens",
+            format!("is {tokens}, more than tpm ({tpm}): it could never be granted"),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Moves a grant's tokens in `window` from `charged` to `actual`; returns where they now are.
 ///
 /// Usage above the reservation is charged to the grant's own entry (the provider counted the
@@ -267,14 +285,7 @@ impl Resource for LimiterBudget {
     type Grant = LimiterGrant;
 
     fn validate(&self, request: &LimiterRequest) -> Result<(), InvalidArgument> {
-        let tokens = request.tokens;
-        match self.config.tpm {
-            Some(tpm) if tokens > tpm => Err(InvalidArgument::new(
-                "tokens",
-                format!("is {tokens}, more than tpm ({tpm}): it could never be granted"),
-            )),
-            _ => Ok(()),
-        }
+        validate_request(&self.config, request)
     }
 
     fn try_take(&mut self, request: &LimiterRequest, now: Nanos) -> Check<LimiterGrant> {

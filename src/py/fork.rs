@@ -25,7 +25,10 @@ pub fn _before_fork(py: Python<'_>) {
     let survivors = Survivors {
         event_loop: running_loop(py),
     };
-    py.detach(|| fork::before_fork(survivors));
+    py.detach(|| {
+        fork::before_fork(survivors);
+        crate::store::before_fork();
+    });
 }
 
 /// The identity of the event loop running on this thread, if any (as the gate's waiters
@@ -41,6 +44,7 @@ fn running_loop(py: Python<'_>) -> Option<u64> {
 /// Runs in the parent after `os.fork()`.
 #[pyfunction]
 pub fn _after_fork_in_parent() {
+    crate::store::after_fork();
     fork::after_fork_in_parent();
 }
 
@@ -49,5 +53,6 @@ pub fn _after_fork_in_parent() {
 pub fn _after_fork_in_child() {
     // SAFETY: Python calls `after_in_child` hooks in the child right after fork, while it
     // has a single thread.
+    crate::store::after_fork();
     unsafe { fork::after_fork_in_child() };
 }

@@ -2,58 +2,29 @@
 
 use std::sync::Arc;
 
-use pyo3::exceptions::PyValueError;
+use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use super::args;
-use super::errors::AcquireTimeout;
+use super::limiter_engine::{timeout_error, Engine};
 use super::limiter_shared::{LimiterShared, RetryEvent};
 use super::permit::Permit;
+use super::redis_backend::RedisBackend;
 use super::semaphore::qualified_name;
-use super::wait::{self, AsyncOutcome};
+use super::wait;
 use crate::core::clock::Clock;
 use crate::core::gate::Gate;
-use crate::core::limiter::{LimiterBudget, LimiterConfig, LimiterGrant, LimiterRequest};
+use crate::core::limiter::{LimiterBudget, LimiterConfig, LimiterRequest};
+use crate::store::redis::RedisQueue;
 
-/// One limit shared by every thread and event loop of the process.
+/// One limit shared by every thread and event loop of the process — or, with a backend, by
+/// every process that names it.
 #[pyclass(module = "crewthrottle", name = "Limiter", frozen, weakref)]
 pub struct Limiter {
     shared: Arc<LimiterShared>,
-    gate: Arc<Gate<LimiterBudget>>,
-}
-
-struct PermitOutcome {
-    gate: Arc<Gate<LimiterBudget>>,
-    timeout: f64,
-}
-
-impl AsyncOutcome<LimiterGrant> for PermitOutcome {
-    fn granted(&self, py: Python<'_>, grant: LimiterGrant) -> PyResult<Py<PyAny>> {
-        Ok(Py::new(py, Permit::new(Arc::clone(&self.gate), grant))?.into_any())
-    }
-
-    fn timed_out(&self, _py: Python<'_>) -> PyResult<Py<PyAny>> {
-        Err(timeout_error(self.timeout))
-    }
-}
-
-/// `async with limiter:`: the grant is lent to the limiter until `__aexit__`.
-struct LentOutcome(Arc<Gate<LimiterBudget>>);
-
-impl AsyncOutcome<LimiterGrant> for LentOutcome {
-    fn granted(&self, py: Python<'_>, grant: LimiterGrant) -> PyResult<Py<PyAny>> {
-        self.0.with_resource(|budget, _| budget.lend(grant));
-        Ok(py.None())
-    }
-
-    fn timed_out(&self, _py: Python<'_>) -> PyResult<Py<PyAny>> {
-        Err(timeout_error(f64::INFINITY))
-    }
-}
-
-fn timeout_error(timeout: f64) -> PyErr {
-    AcquireTimeout::new_err(format!("no permit within the timeout of {timeout} s"))
+    engine: Engine,
+    backend: Option<Py<RedisBackend>>,
 }
 
 fn request(tokens: Option<&Bound<'_, PyAny>>) -> PyResult<LimiterRequest> {
@@ -61,18 +32,38 @@ fn request(tokens: Option<&Bound<'_, PyAny>>) -> PyResult<LimiterRequest> {
     Ok(LimiterRequest { tokens })
 }
 
-impl Limiter {
-    fn permit(&self, py: Python<'_>, grant: LimiterGrant) -> PyResult<Py<Permit>> {
-        Py::new(py, Permit::new(Arc::clone(&self.gate), grant))
-    }
+/// The engine for `config`: in memory, or on the backend under `name`.
+fn engine(
+    config: LimiterConfig,
+    name: Option<&str>,
+    backend: Option<&Bound<'_, PyAny>>,
+) -> PyResult<(Engine, Option<Py<RedisBackend>>)> {
+    let Some(backend) = backend.filter(|b| !b.is_none()) else {
+        let gate = Gate::new(LimiterBudget::new(config), Clock::monotonic());
+        return Ok((Engine::Memory(Arc::new(gate)), None));
+    };
+    let Ok(redis) = backend.cast::<RedisBackend>() else {
+        let kind = backend.get_type().name()?;
+        return Err(PyTypeError::new_err(format!(
+            "backend must be a crewthrottle.RedisBackend or None, got {kind}"
+        )));
+    };
+    let Some(name) = name else {
+        return Err(PyValueError::new_err(
+            "name is required with a backend: every process that uses the same backend and \
+             name shares one budget",
+        ));
+    };
+    let queue = RedisQueue::new(redis.get().settings(), name, config);
+    Ok((Engine::Redis(queue), Some(redis.clone().unbind())))
 }
 
 #[pymethods]
 impl Limiter {
     #[new]
     #[pyo3(
-        signature = (*, max_concurrent = None, rpm = None, tpm = None, window = None, burst = None, margin = None, name = None),
-        text_signature = "(*, max_concurrent=None, rpm=None, tpm=None, window=60.0, burst=None, margin=None, name=None)"
+        signature = (*, max_concurrent = None, rpm = None, tpm = None, window = None, burst = None, margin = None, name = None, backend = None),
+        text_signature = "(*, max_concurrent=None, rpm=None, tpm=None, window=60.0, burst=None, margin=None, name=None, backend=None)"
     )]
     #[allow(clippy::too_many_arguments)] // the keyword-only Python constructor
     fn new(
@@ -84,6 +75,7 @@ impl Limiter {
         burst: Option<&Bound<'_, PyAny>>,
         margin: Option<&Bound<'_, PyAny>>,
         name: Option<String>,
+        backend: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let window = match window {
             Some(w) if !w.is_none() => args::seconds(w, "window", true)?,
@@ -100,11 +92,12 @@ impl Limiter {
                 .map(|m| args::number(m, "margin"))
                 .transpose()?,
         )?;
-        let gate = Gate::new(LimiterBudget::new(config), Clock::monotonic());
-        let shared = LimiterShared::new(py, gate, config, name);
+        let (engine, backend) = engine(config, name.as_deref(), backend)?;
+        let shared = LimiterShared::new(py, engine.clone(), config, name);
         Ok(Limiter {
-            gate: Arc::clone(&shared.gate),
+            engine,
             shared,
+            backend,
         })
     }
 
@@ -118,10 +111,9 @@ impl Limiter {
     ) -> PyResult<Py<Permit>> {
         let request = request(tokens)?;
         let secs = args::timeout(timeout)?;
-        match wait::block_on(py, &*self.gate, request, secs)? {
-            Some(grant) => self.permit(py, grant),
-            None => Err(timeout_error(secs.unwrap_or(f64::INFINITY))),
-        }
+        self.engine
+            .acquire(py, request, secs)?
+            .ok_or_else(|| timeout_error(secs.unwrap_or(f64::INFINITY)))
     }
 
     /// A permit if one can be had now without waiting, else None.
@@ -132,10 +124,7 @@ impl Limiter {
         tokens: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Option<Py<Permit>>> {
         let request = request(tokens)?;
-        self.gate
-            .try_acquire(request)?
-            .map(|grant| self.permit(py, grant))
-            .transpose()
+        self.engine.try_acquire(py, request)
     }
 
     /// Awaits a permit without blocking the event loop.
@@ -148,18 +137,11 @@ impl Limiter {
     ) -> PyResult<Py<PyAny>> {
         let request = request(tokens)?;
         let secs = args::timeout(timeout)?;
-        let outcome = PermitOutcome {
-            gate: Arc::clone(&self.gate),
-            timeout: secs.unwrap_or(f64::INFINITY),
-        };
-        wait::acquire_async(py, &self.gate, request, secs, outcome)
+        self.engine.acquire_async(py, request, secs, false)
     }
 
     fn __enter__(&self, py: Python<'_>) -> PyResult<()> {
-        if let Some(grant) = wait::block_on(py, &*self.gate, LimiterRequest::default(), None)? {
-            self.gate.with_resource(|budget, _| budget.lend(grant));
-        }
-        Ok(())
+        self.engine.enter(py)
     }
 
     fn __exit__(
@@ -168,12 +150,12 @@ impl Limiter {
         _exc: &Bound<'_, PyAny>,
         _tb: &Bound<'_, PyAny>,
     ) {
-        self.gate.with_resource(|budget, _| budget.release_lent());
+        self.engine.exit();
     }
 
     fn __aenter__(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        let outcome = LentOutcome(Arc::clone(&self.gate));
-        wait::acquire_async(py, &self.gate, LimiterRequest::default(), None, outcome)
+        self.engine
+            .acquire_async(py, LimiterRequest::default(), None, true)
     }
 
     fn __aexit__(
@@ -183,7 +165,7 @@ impl Limiter {
         _exc: &Bound<'_, PyAny>,
         _tb: &Bound<'_, PyAny>,
     ) -> PyResult<Py<PyAny>> {
-        self.gate.with_resource(|budget, _| budget.release_lent());
+        self.engine.exit();
         wait::ready(py, py.None())
     }
 
@@ -210,14 +192,12 @@ impl Limiter {
     /// Returns whether this started a pause (none was in force).
     fn pause(&self, seconds: &Bound<'_, PyAny>) -> PyResult<bool> {
         let seconds = args::seconds(seconds, "seconds", false)?;
-        Ok(self
-            .gate
-            .with_resource(|budget, now| budget.pause(now, seconds)))
+        Ok(self.engine.pause(seconds))
     }
 
     /// Lifts a pause (`pause()`, or a provider's Retry-After through `backoff`) at once.
     fn resume(&self) {
-        self.gate.with_resource(|budget, _| budget.resume());
+        self.engine.resume();
     }
 
     /// Live figures: in_flight, waiting, acquired, timeouts, cancelled, tokens_granted,
@@ -241,6 +221,12 @@ impl Limiter {
             .ok_or_else(|| PyValueError::new_err(format!("unknown retry event {event:?}")))?;
         self.shared.count_retry(event);
         Ok(())
+    }
+
+    /// The backend keeping the budget (`None`: this process).
+    #[getter]
+    fn backend(&self, py: Python<'_>) -> Option<Py<RedisBackend>> {
+        self.backend.as_ref().map(|b| b.clone_ref(py))
     }
 
     #[getter]
@@ -297,9 +283,18 @@ impl Limiter {
             burst,
             margin,
         } = this.shared.config;
-        let (in_flight, waiting) = this
-            .gate
-            .inspect(|budget, waits, now| (budget.figures(now).in_flight, waits.waiting));
+        // Never a round trip: a shared budget shows what this process holds and awaits.
+        let (in_flight, waiting, place) = match &this.engine {
+            Engine::Memory(gate) => {
+                let (f, w) = gate
+                    .inspect(|budget, waits, now| (budget.figures(now).in_flight, waits.waiting));
+                (f, w, String::new())
+            }
+            Engine::Redis(queue) => {
+                let (waiting, holding) = queue.local_counts();
+                (holding as u64, waiting, format!(" on {}", queue.url()))
+            }
+        };
         let show = |v: Option<u64>| v.map_or_else(|| "None".to_owned(), |v| v.to_string());
         let name = this
             .shared
@@ -309,7 +304,7 @@ impl Limiter {
             .unwrap_or_default();
         Ok(format!(
             "<{}{name} max_concurrent={} rpm={} tpm={} window={window:?} burst={} margin={margin:?}: \
-             in_flight={in_flight} waiting={waiting}>",
+             in_flight={in_flight} waiting={waiting}{place}>",
             qualified_name(&slf.get_type())?,
             show(max_concurrent),
             show(rpm),

@@ -8,12 +8,14 @@ use std::sync::{Arc, Weak};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
+use super::limiter_engine::Engine;
 use super::stats::WaitSummary;
 use crate::core::clock::Nanos;
 use crate::core::fork::{self, AfterFork, Survivors};
-use crate::core::gate::{Gate, WaitFigures};
+use crate::core::gate::{GateCounters, WaitFigures};
 use crate::core::limiter::{LimiterBudget, LimiterConfig, LimiterFigures};
 use crate::core::published::Published;
+use crate::store::redis::script::int;
 
 /// What the retry layer (`crewthrottle.backoff`) reports about calls through a limiter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,6 +95,34 @@ impl Figures {
         }
     }
 
+    /// A shared budget's figures from the script's `stats` reply.
+    pub fn of_shared(values: &[redis::Value]) -> Self {
+        let n = |i: usize| int(values.get(i));
+        let count = |i: usize| n(i).unwrap_or(0).max(0) as u64;
+        let optional = |i: usize| n(i).filter(|&v| v >= 0).map(|v| v as u64);
+        let counters = GateCounters {
+            acquired: count(6),
+            timeouts: count(12),
+            cancelled: count(9) + count(10),
+            total_wait_ns: count(11).saturating_mul(1000),
+            max_wait_ns: 0,
+        };
+        let budget = LimiterFigures {
+            in_flight: count(1),
+            tokens_granted: count(7).saturating_sub(count(8)),
+            tokens_charged: count(7),
+            tokens_refunded: count(8),
+            requests_in_window: optional(3),
+            tokens_in_window: optional(4),
+        };
+        Figures {
+            budget,
+            paused_for: count(5) as f64 / 1e6,
+            blocked: None,
+            waits: WaitSummary::shared(counters, count(2) as usize),
+        }
+    }
+
     fn fill(&self, stats: &Bound<'_, PyDict>) -> PyResult<()> {
         self.waits.fill(stats)?;
         let b = &self.budget;
@@ -162,7 +192,7 @@ fn blocked_word(blocked: Option<&'static str>) -> u64 {
 
 /// What a `Limiter` object holds; registered so that metrics can find every live limiter.
 pub struct LimiterShared {
-    pub gate: Arc<Gate<LimiterBudget>>,
+    pub engine: Engine,
     pub config: LimiterConfig,
     pub name: Option<String>,
     retries: RetryCounts,
@@ -174,12 +204,12 @@ impl LimiterShared {
     /// A limiter's shared state, registered (for forks and for metrics).
     pub fn new(
         py: Python<'_>,
-        gate: Gate<LimiterBudget>,
+        engine: Engine,
         config: LimiterConfig,
         name: Option<String>,
     ) -> Arc<Self> {
         let shared = Arc::new(LimiterShared {
-            gate: Arc::new(gate),
+            engine,
             config,
             name,
             retries: RetryCounts::default(),
@@ -197,24 +227,45 @@ impl LimiterShared {
         self.retries.count(event);
     }
 
-    /// `stats()`: the figures, read under the gate's lock.
+    /// `stats()`: the figures, read under the gate's lock (one round trip to a shared
+    /// budget, with the GIL released).
     pub fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let figures = self.gate.inspect(Figures::read);
-        self.dict(py, &figures)
+        let figures = match &self.engine {
+            Engine::Memory(gate) => gate.inspect(Figures::read),
+            Engine::Redis(queue) => {
+                let values = py.detach(|| queue.stats())?;
+                let figures = Figures::of_shared(&values);
+                self.published.publish(&figures.to_words());
+                figures
+            }
+        };
+        let stats = self.dict(py, &figures)?;
+        if let Engine::Redis(queue) = &self.engine {
+            let (waiting, holding) = queue.local_counts();
+            stats.set_item("process_waiting", waiting)?;
+            stats.set_item("process_in_flight", holding)?;
+        }
+        Ok(stats)
     }
 
     /// The figures without waiting for the gate's lock: fresh if it is free this instant,
-    /// else the latest published ones.
+    /// else the latest published ones. A shared budget's are those of its latest `stats()`
+    /// (metrics never wait for Redis).
     fn figures_now(&self) -> Figures {
-        match self.gate.try_inspect(Figures::read) {
+        let fresh = match &self.engine {
+            Engine::Memory(gate) => gate.try_inspect(Figures::read),
+            Engine::Redis(_) => None,
+        };
+        match fresh {
             Some(figures) => {
                 self.published.publish(&figures.to_words());
                 figures
             }
-            None => match self.published.read() {
-                Some(words) => Figures::from_words(&words),
+            None => match (self.published.read(), &self.engine) {
+                (Some(words), _) => Figures::from_words(&words),
                 // Never read before, and busy now: read once, briefly, under the lock.
-                None => self.gate.inspect(Figures::read),
+                (None, Engine::Memory(gate)) => gate.inspect(Figures::read),
+                (None, Engine::Redis(_)) => Figures::of_shared(&[]),
             },
         }
     }
@@ -237,6 +288,7 @@ impl LimiterShared {
         snapshot.set_item("tpm", c.tpm)?;
         snapshot.set_item("window", c.window)?;
         snapshot.set_item("wait_histogram", figures.waits.buckets())?;
+        snapshot.set_item("shared", matches!(self.engine, Engine::Redis(_)))?;
         Ok(snapshot)
     }
 }
@@ -244,7 +296,10 @@ impl LimiterShared {
 impl AfterFork for LimiterShared {
     unsafe fn reset_in_child(&self, survivors: Survivors) {
         // SAFETY: passed on from our caller.
-        unsafe { self.gate.reset_in_child(survivors) };
+        match &self.engine {
+            Engine::Memory(gate) => unsafe { gate.reset_in_child(survivors) },
+            Engine::Redis(queue) => unsafe { queue.reset_in_child(survivors) },
+        }
     }
 
     fn as_any(&self) -> &dyn std::any::Any {

@@ -2,7 +2,7 @@
 //! leaving its `with` block, or when it is garbage-collected.
 
 use std::cell::UnsafeCell;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use pyo3::exceptions::PyValueError;
@@ -12,6 +12,7 @@ use super::args;
 use super::wait;
 use crate::core::gate::Gate;
 use crate::core::limiter::{LimiterBudget, LimiterGrant, MAX_COUNT};
+use crate::store::redis::{RedisGrant, RedisQueue};
 
 /// The most tokens a settle accepts: far beyond any real request, far from overflow.
 const MAX_TOKENS: u64 = MAX_COUNT;
@@ -19,37 +20,64 @@ const MAX_TOKENS: u64 = MAX_COUNT;
 /// A granted request: holds one concurrency slot and its reserved tokens until released.
 #[pyclass(module = "crewthrottle", name = "Permit", frozen)]
 pub struct Permit {
-    gate: Arc<Gate<LimiterBudget>>,
-    /// Only ever read or written under the gate's lock (see [`Permit::with_grant`]): no lock
-    /// of its own that a fork could leave held.
-    grant: UnsafeCell<LimiterGrant>,
+    held: Held,
     released: AtomicBool,
 }
 
-// SAFETY: `grant` is only accessed inside closures the gate runs under its lock, which
-// serialises every access from every thread.
+/// Where the grant lives.
+enum Held {
+    /// In this process's gate. The grant is only ever read or written under the gate's lock
+    /// (see [`Permit::with_grant`]): no lock of its own that a fork could leave held.
+    Memory {
+        gate: Arc<Gate<LimiterBudget>>,
+        grant: UnsafeCell<LimiterGrant>,
+    },
+    /// On Redis: its id (the fencing token) and the tokens charged, settled atomically.
+    Redis {
+        queue: Arc<RedisQueue>,
+        grant: RedisGrant,
+        tokens: AtomicU64,
+    },
+}
+
+// SAFETY: a memory grant is only accessed inside closures the gate runs under its lock, which
+// serialises every access from every thread; a Redis grant is immutable but for an atomic.
 unsafe impl Sync for Permit {}
 
 impl Permit {
     /// A permit for `grant`, made by `gate`.
-    pub fn new(gate: Arc<Gate<LimiterBudget>>, grant: LimiterGrant) -> Self {
+    pub fn memory(gate: Arc<Gate<LimiterBudget>>, grant: LimiterGrant) -> Self {
         Permit {
-            gate,
-            grant: UnsafeCell::new(grant),
+            held: Held::Memory {
+                gate,
+                grant: UnsafeCell::new(grant),
+            },
             released: AtomicBool::new(false),
         }
     }
 
-    /// Changes the budget and this permit's grant together, under the gate's lock.
-    fn with_grant<T>(&self, change: impl FnOnce(&mut LimiterBudget, &mut LimiterGrant) -> T) -> T {
-        // SAFETY: under the gate's lock (see the field's docs).
-        self.gate
-            .with_resource(|budget, _| change(budget, unsafe { &mut *self.grant.get() }))
+    /// A permit for `grant`, made by a shared budget on Redis.
+    pub fn redis(queue: Arc<RedisQueue>, grant: RedisGrant) -> Self {
+        Permit {
+            held: Held::Redis {
+                queue,
+                tokens: AtomicU64::new(grant.tokens),
+                grant,
+            },
+            released: AtomicBool::new(false),
+        }
     }
 
     fn release_once(&self) {
-        if !self.released.swap(true, Ordering::AcqRel) {
-            self.with_grant(|budget, grant| budget.release(grant));
+        if self.released.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        match &self.held {
+            Held::Memory { gate, grant } => {
+                // SAFETY: under the gate's lock (see `Held::Memory`).
+                gate.with_resource(|budget, _| budget.release(unsafe { &*grant.get() }));
+            }
+            Held::Redis { queue, grant, .. } => queue.release(*grant),
         }
     }
 }
@@ -70,20 +98,35 @@ impl Permit {
                 "actual_tokens is {actual}, more than any request uses (at most 2**53)"
             )));
         }
-        // Under the gate's lock, so concurrent settles of one permit are serialised.
-        self.gate.with_resource(|budget, now| {
-            // SAFETY: under the gate's lock (see the field's docs).
-            budget.settle(unsafe { &mut *self.grant.get() }, actual, now)
-        });
+        match &self.held {
+            // Under the gate's lock, so concurrent settles of one permit are serialised.
+            Held::Memory { gate, grant } => gate.with_resource(|budget, now| {
+                // SAFETY: under the gate's lock (see `Held::Memory`).
+                budget.settle(unsafe { &mut *grant.get() }, actual, now)
+            }),
+            Held::Redis {
+                queue,
+                grant,
+                tokens,
+            } => {
+                let mut settled = *grant;
+                settled.tokens = tokens.swap(actual, Ordering::AcqRel);
+                queue.settle(&mut settled, actual);
+            }
+        }
         Ok(())
     }
 
     /// Tokens charged for this request (reserved, or as settled).
     #[getter]
     fn tokens(&self) -> u64 {
-        // SAFETY: under the gate's lock (see the field's docs).
-        self.gate
-            .inspect(|_, _, _| unsafe { (*self.grant.get()).charged })
+        match &self.held {
+            // SAFETY: under the gate's lock (see `Held::Memory`).
+            Held::Memory { gate, grant } => {
+                gate.inspect(|_, _, _| unsafe { (*grant.get()).charged })
+            }
+            Held::Redis { tokens, .. } => tokens.load(Ordering::Acquire),
+        }
     }
 
     /// Whether the permit has been released.

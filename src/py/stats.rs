@@ -34,6 +34,16 @@ impl WaitSummary {
         }
     }
 
+    /// The figures of a shared budget, which keeps counters but no wait times.
+    pub fn shared(counters: GateCounters, waiting: usize) -> Self {
+        WaitSummary {
+            counters,
+            waiting,
+            quantiles: None,
+            cumulative: [0; CUMULATIVE_BOUNDS.len() + 1],
+        }
+    }
+
     /// Waiters queued.
     pub fn waiting(&self) -> usize {
         self.waiting

@@ -209,7 +209,8 @@ struct LoopNotify {
 
 impl Notify for LoopNotify {
     fn notify(&self) -> Delivery {
-        Python::attach(|py| {
+        // `try_attach`: an I/O thread may notify while the interpreter is shutting down.
+        Python::try_attach(|py| {
             let call = WakeCall {
                 future: self.future.clone_ref(py),
                 on_lost: TakeOnce::new(Arc::clone(&self.on_lost)),
@@ -226,6 +227,7 @@ impl Notify for LoopNotify {
                 }
             }
         })
+        .unwrap_or(Delivery::Gone)
     }
 
     fn context(&self) -> Context {
