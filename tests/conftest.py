@@ -88,3 +88,23 @@ def wait_until() -> Callable[..., None]:
 def promptly() -> Callable[..., Any]:
     """`promptly(call)`: run `call` but fail rather than hang if it blocks."""
     return _promptly
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Any:
+    """A real `redis-server` for the shared-budget tests: the one `scripts/test.sh` started,
+    or one of this session's own."""
+    from tests._redis import RedisServer, session_url
+
+    url = session_url()
+    if url is not None:
+        yield url
+        return
+    with RedisServer() as server:
+        yield server.url
+
+
+@pytest.fixture
+def budget_name(request: pytest.FixtureRequest) -> str:
+    """A budget name no other test uses (tests share the session's server)."""
+    return f"test/{request.node.nodeid}/{os.getpid()}/{time.monotonic_ns()}"

@@ -175,6 +175,10 @@ class Permit:
         """Tokens charged for this request (reserved, or as settled)."""
     @property
     def released(self) -> bool: ...
+    @property
+    def server_time(self) -> float | None:
+        """When a shared budget granted this permit, on the Redis server's clock (seconds since
+        the Unix epoch); ``None`` for an in-process limiter."""
     def release(self) -> None:
         """Give the concurrency slot back (idempotent; the tokens stay spent)."""
     def settle(self, actual_tokens: int) -> None:

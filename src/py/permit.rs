@@ -129,6 +129,16 @@ impl Permit {
         }
     }
 
+    /// When a shared budget granted this permit, on the Redis server's clock (seconds since
+    /// the Unix epoch); `None` for an in-process limiter.
+    #[getter]
+    fn server_time(&self) -> Option<f64> {
+        match &self.held {
+            Held::Memory { .. } => None,
+            Held::Redis { grant, .. } => Some(grant.stamp_us as f64 / 1e6),
+        }
+    }
+
     /// Whether the permit has been released.
     #[getter]
     fn released(&self) -> bool {

@@ -5,6 +5,7 @@
 use std::cell::RefCell;
 use std::future::Future;
 use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Waker};
 
 use tokio::runtime::{Builder, Handle, Runtime};
 
@@ -57,6 +58,24 @@ pub fn handle() -> Result<Handle, String> {
 /// The runtime could not be started.
 pub fn block_on<F: Future>(future: F) -> Result<F::Output, String> {
     Ok(handle()?.block_on(future))
+}
+
+/// Starts `future` on the calling thread — far enough to send its first request — then lets
+/// the runtime finish it in the background. A command "fired and forgotten" this way still
+/// reaches the server before any command this thread sends after it (a release before the
+/// next acquire), without waiting for its reply.
+pub fn submit<F>(future: F)
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let Ok(handle) = handle() else { return };
+    let _context = handle.enter();
+    let mut future = Box::pin(future);
+    let mut cx = Context::from_waker(Waker::noop());
+    if future.as_mut().poll(&mut cx).is_pending() {
+        // Spawned, it is polled again at once with a real waker.
+        handle.spawn(future);
+    }
 }
 
 /// Runs `future` on the runtime in the background.

@@ -318,7 +318,8 @@ local function announce()
     table.concat(handed_now, ',') .. ';' .. int(head_ticket) .. ';' .. int(retry))
 end
 
--- Takes the grant handed to `ticket`: {'G', grant id, tokens, waited_us}, or nil.
+-- Takes the grant handed to `ticket`: {'G', grant id, tokens, waited_us, epoch, epoch changed,
+-- the server time it was granted}, or nil.
 local function take(ticket, lease_us)
   local handed = redis.call('HGET', KEYS[K_HANDED], ticket)
   if not handed then return nil end
@@ -327,7 +328,7 @@ local function take(ticket, lease_us)
   if not redis.call('ZSCORE', KEYS[K_HOLDERS], gid) then return nil end
   redis.call('ZADD', KEYS[K_HOLDERS], 'XX', int(now + lease_us), gid)
   count('total_wait_us', now - tonumber(since))
-  return {'G', tonumber(gid), tonumber(tokens), now - tonumber(since)}
+  return {'G', tonumber(gid), tonumber(tokens), now - tonumber(since), '', 0, granted}
 end
 
 local function touch_keys()
@@ -385,7 +386,9 @@ if op == 'acquire' then
   local r = {false, -1, 'queue'}
   if first then
     r = try_take(tokens, lease_us)
-    if r[1] then return finish({'G', r[2], tokens, 0, state.epoch, epoch_changed}) end
+    if r[1] then
+      return finish({'G', r[2], tokens, 0, state.epoch, epoch_changed, int(now)})
+    end
   end
   if ARGV[15] ~= '1' then
     local retry = -1

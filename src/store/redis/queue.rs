@@ -50,6 +50,8 @@ pub struct RedisGrant {
     pub tokens: u64,
     /// The process that holds it (a forked child does not release its parent's).
     pub pid: u32,
+    /// When it was granted, on the Redis server's clock (µs since the Unix epoch).
+    pub stamp_us: u64,
     /// When the grant reached this process.
     arrived: Option<Instant>,
 }
@@ -233,11 +235,12 @@ impl RedisQueue {
         self.budget.lease_us().to_string()
     }
 
-    fn granted(&self, id: u64, tokens: u64) -> RedisGrant {
+    fn granted(&self, id: u64, tokens: u64, stamp_us: u64) -> RedisGrant {
         self.local().holders.insert(id);
         RedisGrant {
             id,
             tokens,
+            stamp_us,
             pid: std::process::id(),
             arrived: Some(Instant::now()),
         }
@@ -278,8 +281,11 @@ impl RedisQueue {
             outage = Duration::ZERO;
             match reply {
                 Reply::Granted {
-                    id: gid, tokens, ..
-                } => return Ok(Waited::Granted(self.granted(gid, tokens))),
+                    id: gid,
+                    tokens,
+                    stamp_us,
+                    ..
+                } => return Ok(Waited::Granted(self.granted(gid, tokens, stamp_us))),
                 Reply::Waiting { retry_us } => {
                     retry = self
                         .take_head_retry(id)
@@ -357,8 +363,11 @@ impl RedisQueue {
         loop {
             match self.call("acquire", &args).await? {
                 Reply::Granted {
-                    id: gid, tokens, ..
-                } => return Ok(Some(self.granted(gid, tokens))),
+                    id: gid,
+                    tokens,
+                    stamp_us,
+                    ..
+                } => return Ok(Some(self.granted(gid, tokens, stamp_us))),
                 Reply::Queued { ticket, retry_us } => {
                     let retry = retry_us.map(Duration::from_micros);
                     match self.wait_ticket(id, ticket, retry).await? {
@@ -457,7 +466,7 @@ impl RedisQueue {
 
     fn fire(&self, op: &'static str, args: Vec<String>) {
         let Some(me) = self.me.upgrade() else { return };
-        runtime::spawn(async move {
+        runtime::submit(async move {
             match me.call(op, &args).await {
                 Ok(Reply::Done(0)) if op == "release" => me.warn_lost_once(),
                 Ok(_) => {}
@@ -680,7 +689,12 @@ impl WaitQueue for RedisQueue {
         let reply = runtime::block_on(self.call("acquire", &args))
             .map_err(|err| self.unavailable(err))??;
         match reply {
-            Reply::Granted { id, tokens, .. } => Ok(Some(self.granted(id, tokens))),
+            Reply::Granted {
+                id,
+                tokens,
+                stamp_us,
+                ..
+            } => Ok(Some(self.granted(id, tokens, stamp_us))),
             _ => Ok(None),
         }
     }
@@ -704,10 +718,13 @@ impl WaitQueue for RedisQueue {
             .and_then(|r| r);
         match reply {
             Ok(Reply::Granted {
-                id: gid, tokens, ..
+                id: gid,
+                tokens,
+                stamp_us,
+                ..
             }) => {
                 self.local().slots.remove(&id);
-                Ok(Acquired::Now(self.granted(gid, tokens)))
+                Ok(Acquired::Now(self.granted(gid, tokens, stamp_us)))
             }
             Ok(Reply::Queued { ticket, retry_us }) => {
                 if let Some(me) = self.me.upgrade() {

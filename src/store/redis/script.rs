@@ -34,11 +34,13 @@ pub struct Budget {
 /// A typed reply of the script.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Reply {
-    /// Granted: the grant's id, its tokens, how long it waited (µs).
+    /// Granted: the grant's id, its tokens, how long it waited (µs), and when it was granted
+    /// on the server's clock (µs since the Unix epoch).
     Granted {
         id: u64,
         tokens: u64,
         waited_us: u64,
+        stamp_us: u64,
     },
     /// Queued under this ticket; the head's retry delay if it is the head (µs).
     Queued { ticket: u64, retry_us: Option<u64> },
@@ -195,6 +197,7 @@ fn parse(op: &str, value: &Value) -> (Reply, Epoch) {
                 id: n(1).unwrap_or(0) as u64,
                 tokens: n(2).unwrap_or(0) as u64,
                 waited_us: n(3).unwrap_or(0).max(0) as u64,
+                stamp_us: n(6).unwrap_or(0).max(0) as u64,
             };
             return (reply, epoch_at(4));
         }
