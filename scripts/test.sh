@@ -2,14 +2,17 @@
 # The whole test suite on a fresh machine (Python >= 3.10 and a Rust toolchain): builds the
 # native module into ./.venv, runs the static checks, the Rust tests, the release packaging
 # (sdist and abi3 wheel built, checked, installed without Rust and smoke-tested), pytest, and
-# the CrewAI tests again against the oldest CrewAI the extra admits.
+# the CrewAI tests again against the oldest CrewAI the extra admits. The shared-budget tests get
+# a real redis-server (installed with apt-get when missing; see scripts/redis.sh).
 # Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/redis.sh
 
 ./scripts/setup-venv.sh test
 ./scripts/check.sh
 cargo test --lib --quiet
 .venv/bin/python scripts/check_dist.py
+start_test_redis
 .venv/bin/python -m pytest "$@"
 ./scripts/test-crewai-floor.sh -q
