@@ -7,7 +7,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use super::args;
-use super::limiter_engine::{timeout_error, Engine};
+use super::limiter_engine::{timeout_error, Engine, Fallback};
 use super::limiter_shared::{LimiterShared, RetryEvent};
 use super::permit::Permit;
 use super::redis_backend::RedisBackend;
@@ -54,8 +54,16 @@ fn engine(
              name shares one budget",
         ));
     };
-    let queue = RedisQueue::new(redis.get().settings(), name, config);
-    Ok((Engine::Redis(queue), Some(redis.clone().unbind())))
+    let settings = redis.get().settings();
+    let fallback = match settings.local_share {
+        Some(share) => {
+            let retry_after = settings.timeout.max(std::time::Duration::from_secs(1));
+            Some(Arc::new(Fallback::new(&config, share, retry_after, name)?))
+        }
+        None => None,
+    };
+    let queue = RedisQueue::new(settings, name, config);
+    Ok((Engine::Redis(queue, fallback), Some(redis.clone().unbind())))
 }
 
 #[pymethods]
@@ -290,7 +298,7 @@ impl Limiter {
                     .inspect(|budget, waits, now| (budget.figures(now).in_flight, waits.waiting));
                 (f, w, String::new())
             }
-            Engine::Redis(queue) => {
+            Engine::Redis(queue, _) => {
                 let (waiting, holding) = queue.local_counts();
                 (holding as u64, waiting, format!(" on {}", queue.url()))
             }

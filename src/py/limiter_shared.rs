@@ -232,15 +232,16 @@ impl LimiterShared {
     pub fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let figures = match &self.engine {
             Engine::Memory(gate) => gate.inspect(Figures::read),
-            Engine::Redis(queue) => {
+            Engine::Redis(queue, _) => {
                 let values = py.detach(|| queue.stats())?;
-                let figures = Figures::of_shared(&values);
+                let mut figures = Figures::of_shared(&values);
+                queue.with_wait_times(|times, now| figures.waits.add_local_times(times, now));
                 self.published.publish(&figures.to_words());
                 figures
             }
         };
         let stats = self.dict(py, &figures)?;
-        if let Engine::Redis(queue) = &self.engine {
+        if let Engine::Redis(queue, _) = &self.engine {
             let (waiting, holding) = queue.local_counts();
             stats.set_item("process_waiting", waiting)?;
             stats.set_item("process_in_flight", holding)?;
@@ -254,7 +255,7 @@ impl LimiterShared {
     fn figures_now(&self) -> Figures {
         let fresh = match &self.engine {
             Engine::Memory(gate) => gate.try_inspect(Figures::read),
-            Engine::Redis(_) => None,
+            Engine::Redis(..) => None,
         };
         match fresh {
             Some(figures) => {
@@ -265,7 +266,7 @@ impl LimiterShared {
                 (Some(words), _) => Figures::from_words(&words),
                 // Never read before, and busy now: read once, briefly, under the lock.
                 (None, Engine::Memory(gate)) => gate.inspect(Figures::read),
-                (None, Engine::Redis(_)) => Figures::of_shared(&[]),
+                (None, Engine::Redis(..)) => Figures::of_shared(&[]),
             },
         }
     }
@@ -288,7 +289,7 @@ impl LimiterShared {
         snapshot.set_item("tpm", c.tpm)?;
         snapshot.set_item("window", c.window)?;
         snapshot.set_item("wait_histogram", figures.waits.buckets())?;
-        snapshot.set_item("shared", matches!(self.engine, Engine::Redis(_)))?;
+        snapshot.set_item("shared", matches!(self.engine, Engine::Redis(..)))?;
         Ok(snapshot)
     }
 }
@@ -298,7 +299,12 @@ impl AfterFork for LimiterShared {
         // SAFETY: passed on from our caller.
         match &self.engine {
             Engine::Memory(gate) => unsafe { gate.reset_in_child(survivors) },
-            Engine::Redis(queue) => unsafe { queue.reset_in_child(survivors) },
+            Engine::Redis(queue, fallback) => unsafe {
+                queue.reset_in_child(survivors);
+                if let Some(fallback) = fallback {
+                    fallback.gate().reset_in_child(survivors);
+                }
+            },
         }
     }
 

@@ -460,14 +460,39 @@ pub fn acquire_async<Q: WaitQueue, O: AsyncOutcome<Q::Grant>>(
     timeout: Option<f64>,
     outcome: O,
 ) -> PyResult<Py<PyAny>> {
+    let acquisition = unstarted(py, gate, request, outcome)?;
+    Ok(waiting_module(py)?
+        .call_method1("acquire", (acquisition, timeout))?
+        .unbind())
+}
+
+/// [`acquire_async`] that, if the store cannot be reached, awaits what `fallback(error)`
+/// returns instead.
+pub fn acquire_async_or<Q: WaitQueue, O: AsyncOutcome<Q::Grant>>(
+    py: Python<'_>,
+    gate: &Arc<Q>,
+    request: Q::Request,
+    timeout: Option<f64>,
+    outcome: O,
+    fallback: Py<PyAny>,
+) -> PyResult<Py<PyAny>> {
+    let acquisition = unstarted(py, gate, request, outcome)?;
+    Ok(waiting_module(py)?
+        .call_method1("acquire_or_fall_back", (acquisition, timeout, fallback))?
+        .unbind())
+}
+
+fn unstarted<Q: WaitQueue, O: AsyncOutcome<Q::Grant>>(
+    py: Python<'_>,
+    gate: &Arc<Q>,
+    request: Q::Request,
+    outcome: O,
+) -> PyResult<Py<Acquisition>> {
     gate.validate(&request)?;
     let unstarted = Unstarted {
         gate: Arc::clone(gate),
         request,
         outcome: TakeOnce::new(outcome),
     };
-    let acquisition = Py::new(py, Acquisition(Box::new(unstarted)))?;
-    Ok(waiting_module(py)?
-        .call_method1("acquire", (acquisition, timeout))?
-        .unbind())
+    Py::new(py, Acquisition(Box::new(unstarted)))
 }

@@ -77,7 +77,7 @@ impl Hub {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout))
-            .set_number_of_retries(2)
+            .set_number_of_retries(1)
             .set_max_delay(Duration::from_secs(2))
             .set_push_sender(tx)
             .set_automatic_resubscription();
