@@ -23,8 +23,10 @@ use super::fork::{AfterFork, ForkableMutex, Survivors};
 use super::notify::{Context, Delivery, Notifier};
 use super::wait_times::WaitTimes;
 
+pub mod pressure;
 pub mod watch;
 
+use pressure::{Pressure, PressureEvent, Thresholds};
 use watch::Watch;
 
 /// What a resource says about a request at an instant.
@@ -64,6 +66,16 @@ pub trait Resource: Send + 'static {
     fn pick_up(&mut self, grant: Self::Grant, granted: Nanos, now: Nanos) -> Option<Self::Grant> {
         let _ = (granted, now);
         Some(grant)
+    }
+
+    /// When the gate should report "pacing hard" (`None`: never).
+    fn pressure_thresholds(&self) -> Option<Thresholds> {
+        None
+    }
+
+    /// The limit that held the last request refused, for the "pacing hard" report.
+    fn blocked_by(&self) -> Option<&'static str> {
+        None
     }
 
     /// Called in a forked child. `intact` is false when another thread of the parent held
@@ -130,6 +142,10 @@ pub struct WaitFigures<'a> {
     pub waiting: usize,
     /// Recent and cumulative wait times.
     pub times: &'a WaitTimes,
+    /// When the current "pacing hard" episode started, if one is under way.
+    pub pressed_since: Option<Nanos>,
+    /// "Pacing hard" episodes so far.
+    pub pressure_episodes: u64,
 }
 
 struct Waiter<Req> {
@@ -159,6 +175,7 @@ struct State<R: Resource> {
     next_ticket: u64,
     counters: GateCounters,
     times: WaitTimes,
+    pressure: Pressure,
 }
 
 /// What a call under the lock leaves to do once the lock is dropped: waiters to notify, and
@@ -167,12 +184,17 @@ struct State<R: Resource> {
 struct Outbox {
     wake: Vec<(u64, Notifier)>,
     drop: Vec<Notifier>,
+    pressure: Option<PressureEvent>,
 }
+
+/// Told of every change of pressure, after the lock is dropped (it may call into Python).
+pub type PressureHook = Box<dyn Fn(&PressureEvent) + Send + Sync>;
 
 /// A FIFO queue of waiters in front of a resource. Thread-safe; all methods take `&self`.
 pub struct Gate<R: Resource> {
     state: ForkableMutex<State<R>>,
     clock: Clock,
+    pressure_hook: std::sync::OnceLock<PressureHook>,
 }
 
 impl<R: Resource> Gate<R> {
@@ -186,11 +208,18 @@ impl<R: Resource> Gate<R> {
             next_ticket: 0,
             counters: GateCounters::default(),
             times: WaitTimes::default(),
+            pressure: Pressure::default(),
         };
         Gate {
             state: ForkableMutex::new(state),
             clock,
+            pressure_hook: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Installs the hook told of every change of pressure (once; later calls are ignored).
+    pub fn on_pressure(&self, hook: PressureHook) {
+        let _ = self.pressure_hook.set(hook);
     }
 
     /// The clock this gate reads.
@@ -346,7 +375,15 @@ impl<R: Resource> Gate<R> {
     fn locked<T>(&self, f: impl FnOnce(&mut State<R>, Nanos, &mut Outbox) -> T) -> T {
         let now = self.clock.now();
         let mut outbox = Outbox::default();
-        let out = f(&mut self.state.lock(), now, &mut outbox);
+        let out = {
+            let mut st = self.state.lock();
+            let out = f(&mut st, now, &mut outbox);
+            outbox.pressure = judge_pressure(&mut st, now);
+            out
+        };
+        if let (Some(event), Some(hook)) = (outbox.pressure.take(), self.pressure_hook.get()) {
+            hook(&event);
+        }
         self.deliver(outbox);
         out
     }
@@ -436,14 +473,25 @@ fn read_state<R: Resource, T>(
         queue,
         counters,
         times,
+        pressure,
         ..
     } = st;
     let figures = WaitFigures {
         counters: *counters,
         waiting: queue.len(),
         times,
+        pressed_since: pressure.since(),
+        pressure_episodes: pressure.episodes(),
     };
     read(resource, &figures, now)
+}
+
+fn judge_pressure<R: Resource>(st: &mut State<R>, now: Nanos) -> Option<PressureEvent> {
+    let thresholds = st.resource.pressure_thresholds()?;
+    let head_since = st.queue.first_key_value().map(|(_, w)| w.since);
+    let reason = st.resource.blocked_by();
+    st.pressure
+        .judge(thresholds, head_since, st.queue.len(), reason, now)
 }
 
 /// Takes the grant handed to `id`, if any. One taken too late is given back and the waiter

@@ -18,6 +18,7 @@
 
 use super::clock::{nanos_of_secs, Nanos};
 use super::error::InvalidArgument;
+use super::gate::pressure::Thresholds;
 use super::gate::{Check, Resource};
 use super::pacer::Pacer;
 use super::sliding_window::{Receipt, SlidingWindow};
@@ -339,6 +340,20 @@ impl Resource for LimiterBudget {
         if let (Some(window), Some((receipt, ours))) = (&mut self.tokens, grant.tokens) {
             window.refund(receipt, ours);
         }
+    }
+
+    fn pressure_thresholds(&self) -> Option<Thresholds> {
+        // Pacing hard: the head waited a second, or a sixtieth of the window if longer (a
+        // request per window of a minute); calm again after a whole window with nobody queued.
+        let window = self.config.window_ns();
+        Some(Thresholds {
+            start_after: (window / 60).max(1_000_000_000),
+            calm_after: self.config.counted_ns(),
+        })
+    }
+
+    fn blocked_by(&self) -> Option<&'static str> {
+        self.blocked.map(Blocked::name)
     }
 
     fn pick_up(

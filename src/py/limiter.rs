@@ -14,7 +14,8 @@ use super::redis_backend::RedisBackend;
 use super::semaphore::qualified_name;
 use super::wait;
 use crate::core::clock::Clock;
-use crate::core::gate::Gate;
+use crate::core::gate::pressure::PressureEvent;
+use crate::core::gate::{Gate, PressureHook};
 use crate::core::limiter::{LimiterBudget, LimiterConfig, LimiterRequest};
 use crate::store::redis::RedisQueue;
 
@@ -32,6 +33,34 @@ fn request(tokens: Option<&Bound<'_, PyAny>>) -> PyResult<LimiterRequest> {
     Ok(LimiterRequest { tokens })
 }
 
+/// Logs each change of pressure once, at INFO on `crewthrottle.limiter` (issue 11): when
+/// callers start being held back, and when the limiter is calm again.
+fn pressure_log(name: Option<&str>) -> PressureHook {
+    let who = name.map_or_else(
+        || "an unnamed limiter".to_owned(),
+        |n| format!("limiter {n:?}"),
+    );
+    Box::new(move |event| {
+        let message = match event {
+            PressureEvent::Started {
+                waited_ns,
+                waiting,
+                reason,
+            } => format!(
+                "{who} is pacing hard: its first waiter has waited {:.2} s ({} waiting; held by {})",
+                *waited_ns as f64 / 1e9,
+                waiting,
+                reason.unwrap_or("the queue")
+            ),
+            PressureEvent::Ended { lasted_ns } => format!(
+                "{who} is calm again, after {:.1} s of pacing hard",
+                *lasted_ns as f64 / 1e9
+            ),
+        };
+        crate::store::log::log(crate::store::log::Level::Info, &message);
+    })
+}
+
 /// The engine for `config`: in memory, or on the backend under `name`.
 fn engine(
     config: LimiterConfig,
@@ -40,6 +69,7 @@ fn engine(
 ) -> PyResult<(Engine, Option<Py<RedisBackend>>)> {
     let Some(backend) = backend.filter(|b| !b.is_none()) else {
         let gate = Gate::new(LimiterBudget::new(config), Clock::monotonic());
+        gate.on_pressure(pressure_log(name));
         return Ok((Engine::Memory(Arc::new(gate)), None));
     };
     let Ok(redis) = backend.cast::<RedisBackend>() else {
@@ -100,6 +130,7 @@ impl Limiter {
                 .map(|m| args::number(m, "margin"))
                 .transpose()?,
         )?;
+        super::logging::install();
         let (engine, backend) = engine(config, name.as_deref(), backend)?;
         let shared = LimiterShared::new(py, engine.clone(), config, name);
         Ok(Limiter {

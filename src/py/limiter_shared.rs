@@ -67,8 +67,8 @@ impl RetryCounts {
     }
 }
 
-/// Words of a published snapshot: the limiter's seven, then its waiting figures.
-const WORDS: usize = 7 + WaitSummary::WORDS;
+/// Words of a published snapshot: the limiter's nine, then its waiting figures.
+const WORDS: usize = 9 + WaitSummary::WORDS;
 /// `None` in a published word.
 const ABSENT: u64 = u64::MAX;
 
@@ -79,6 +79,9 @@ pub struct Figures {
     pub paused_for: f64,
     pub blocked: Option<&'static str>,
     pub waits: WaitSummary,
+    /// Seconds since the current "pacing hard" episode started, if one is under way.
+    pub pacing_hard_for: Option<f64>,
+    pub pacing_episodes: u64,
 }
 
 impl Figures {
@@ -92,6 +95,10 @@ impl Figures {
             paused_for,
             blocked: budget.blocked().map(|b| b.name()),
             waits: WaitSummary::of(waits, now),
+            pacing_hard_for: waits
+                .pressed_since
+                .map(|since| now.as_u64().saturating_sub(since.as_u64()) as f64 / 1e9),
+            pacing_episodes: waits.pressure_episodes,
         }
     }
 
@@ -120,6 +127,8 @@ impl Figures {
             paused_for: count(5) as f64 / 1e6,
             blocked: None,
             waits: WaitSummary::shared(counters, count(2) as usize),
+            pacing_hard_for: None,
+            pacing_episodes: 0,
         }
     }
 
@@ -134,6 +143,8 @@ impl Figures {
         stats.set_item("tokens_in_window", b.tokens_in_window)?;
         stats.set_item("paused_for", self.paused_for)?;
         stats.set_item("blocked_by", self.blocked)?;
+        stats.set_item("pacing_hard_for", self.pacing_hard_for)?;
+        stats.set_item("pacing_episodes", self.pacing_episodes)?;
         Ok(())
     }
 
@@ -148,6 +159,8 @@ impl Figures {
             b.tokens_in_window.unwrap_or(ABSENT),
             self.paused_for.to_bits(),
             blocked_word(self.blocked),
+            self.pacing_hard_for.map_or(ABSENT, f64::to_bits),
+            self.pacing_episodes,
         ];
         words[..head.len()].copy_from_slice(&head);
         let waits = self.waits.to_words();
@@ -169,7 +182,9 @@ impl Figures {
             budget,
             paused_for: f64::from_bits(words[5]),
             blocked: BLOCKED_NAMES.get(words[6] as usize).copied().flatten(),
-            waits: WaitSummary::from_words(&words[7..]),
+            pacing_hard_for: (words[7] != ABSENT).then(|| f64::from_bits(words[7])),
+            pacing_episodes: words[8],
+            waits: WaitSummary::from_words(&words[9..]),
         }
     }
 }

@@ -7,7 +7,6 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
 use super::args;
-use crate::store::log::Level;
 use crate::store::redis::RedisSettings;
 
 /// A Redis server that keeps shared budgets: `Limiter(..., name=..., backend=RedisBackend(url))`.
@@ -69,23 +68,6 @@ fn failure_policy(
     }
 }
 
-/// The stores log their warnings on the `crewthrottle.limiter` logger, from any thread.
-fn install_log_sink() {
-    crate::store::log::install(Box::new(|level, message| {
-        let method = match level {
-            Level::Info => "info",
-            Level::Warning => "warning",
-        };
-        // `try_attach`: an I/O thread may log while the interpreter is shutting down.
-        let _ = Python::try_attach(|py| -> PyResult<()> {
-            py.import("logging")?
-                .call_method1("getLogger", ("crewthrottle.limiter",))?
-                .call_method1(method, (message,))?;
-            Ok(())
-        });
-    }));
-}
-
 #[pymethods]
 impl RedisBackend {
     #[new]
@@ -125,7 +107,7 @@ impl RedisBackend {
             replace_limits,
             local_share,
         };
-        install_log_sink();
+        super::logging::install();
         Ok(RedisBackend { settings })
     }
 
