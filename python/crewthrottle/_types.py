@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TypedDict
+from typing import TYPE_CHECKING, TypedDict
 
-from typing_extensions import NotRequired
+if TYPE_CHECKING:  # only read by type checkers (the annotations are strings at run time)
+    from typing_extensions import NotRequired
 
 
 class WaitStats(TypedDict):
