@@ -316,3 +316,18 @@ def test_an_unreachable_server_can_fall_back_to_a_local_share(
 def test_the_failure_policy_is_checked(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         ct.RedisBackend("redis://127.0.0.1:1/0", **kwargs)
+
+
+def test_an_announcement_reaches_every_limiter_object_of_a_budget(
+    redis_url: str, budget_name: str, promptly: Callable[..., Any]
+) -> None:
+    # Two objects naming one budget in one process share one connection: a release through one
+    # must wake a waiter of the other by announcement, not by the heartbeat (lease / 3 = 10 s).
+    holder = shared(redis_url, budget_name, max_concurrent=1, lease=30.0)
+    waiter = shared(redis_url, budget_name, max_concurrent=1, lease=30.0)
+    waiter.acquire().release()  # the waiter's object subscribes first...
+    held = holder.acquire()  # ...the holder's second
+    threading.Timer(0.2, held.release).start()
+    started = time.monotonic()
+    promptly(lambda: waiter.acquire(timeout=20).release())
+    assert time.monotonic() - started < 3
