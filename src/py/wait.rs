@@ -54,10 +54,18 @@ pub fn block_on<Q: WaitQueue>(
     request: Q::Request,
     timeout: Option<f64>,
 ) -> PyResult<Option<Q::Grant>> {
-    // A remote store may grant at once in one round trip: made with the GIL released.
-    let acquired = py.detach(|| gate.acquire(request, true))?;
+    // An in-process store decides with the GIL held, so a grant made at once is counted from
+    // when this thread can use it; a remote one takes a round trip, with the GIL released.
+    let acquired = if Q::REMOTE {
+        py.detach(|| gate.acquire(request, true))?
+    } else {
+        gate.acquire(request, true)?
+    };
     let ticket = match acquired {
-        Acquired::Now(grant) => return Ok(Some(grant)),
+        Acquired::Now(mut grant) => {
+            gate.taken(&mut grant);
+            return Ok(Some(grant));
+        }
         Acquired::Queued(ticket) => ticket,
     };
     // From here every way out — a grant, a timeout, an error from Python — settles the ticket.

@@ -698,6 +698,11 @@ impl Listener for RedisQueue {
 impl WaitQueue for RedisQueue {
     type Request = LimiterRequest;
     type Grant = RedisGrant;
+    const REMOTE: bool = true;
+
+    fn taken(&self, grant: &mut RedisGrant) {
+        self.redate(grant);
+    }
 
     fn validate(&self, request: &LimiterRequest) -> Result<(), QueueError> {
         Ok(validate_request(&self.config, request)?)
