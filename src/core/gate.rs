@@ -68,6 +68,11 @@ pub trait Resource: Send + 'static {
         Some(grant)
     }
 
+    /// The caller of a request now owns `grant` (at once, or taken after waiting).
+    fn taken(&mut self, grant: &Self::Grant) {
+        let _ = grant;
+    }
+
     /// When the gate should report "pacing hard" (`None`: never).
     fn pressure_thresholds(&self) -> Option<Thresholds> {
         None
@@ -391,6 +396,9 @@ impl<R: Resource> Gate<R> {
     /// Wakes waiters (outside the lock). A waiter that can never run again is abandoned —
     /// giving back any grant made for it — and whoever that serves is woken in turn.
     fn deliver(&self, mut outbox: Outbox) {
+        if outbox.wake.is_empty() && outbox.drop.is_empty() {
+            return; // the common case: nobody to wake
+        }
         loop {
             drop(std::mem::take(&mut outbox.drop));
             let gone: Vec<u64> = std::mem::take(&mut outbox.wake)
@@ -487,6 +495,9 @@ fn read_state<R: Resource, T>(
 }
 
 fn judge_pressure<R: Resource>(st: &mut State<R>, now: Nanos) -> Option<PressureEvent> {
+    if st.queue.is_empty() && st.pressure.is_calm() {
+        return None; // the common case: nobody waits, and nothing to end
+    }
     let thresholds = st.resource.pressure_thresholds()?;
     let head_since = st.queue.first_key_value().map(|(_, w)| w.since);
     let reason = st.resource.blocked_by();
@@ -516,6 +527,7 @@ fn take_locked<R: Resource>(
 fn take_now<R: Resource>(st: &mut State<R>, request: &R::Request, now: Nanos) -> Option<R::Grant> {
     match st.resource.try_take(request, now) {
         Check::Granted(grant) => {
+            st.resource.taken(&grant);
             record_grant(st, 0, now);
             Some(grant)
         }
@@ -548,6 +560,7 @@ fn pick_up<R: Resource>(
     } = handed;
     match st.resource.pick_up(grant, granted, now) {
         Some(grant) => {
+            st.resource.taken(&grant);
             record_grant(st, now.as_u64().saturating_sub(since.as_u64()), now);
             Some(grant)
         }

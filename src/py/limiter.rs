@@ -30,7 +30,10 @@ pub struct Limiter {
 
 fn request(tokens: Option<&Bound<'_, PyAny>>) -> PyResult<LimiterRequest> {
     let tokens = args::optional_count(tokens, "tokens", 0)?.unwrap_or(0);
-    Ok(LimiterRequest { tokens })
+    Ok(LimiterRequest {
+        tokens,
+        lend: false,
+    })
 }
 
 /// Logs each change of pressure once, at INFO on `crewthrottle.limiter` (issue 11): when

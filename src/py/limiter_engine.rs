@@ -158,10 +158,8 @@ impl AsyncOutcome<LimiterGrant> for Outcome {
         };
         match self.want {
             Want::Permit => Ok(Py::new(py, Permit::memory(Arc::clone(gate), grant))?.into_any()),
-            Want::Lent => {
-                gate.with_resource(|budget, _| budget.lend(grant));
-                Ok(py.None())
-            }
+            // Kept by the budget as it was taken (`LimiterRequest::lend`).
+            Want::Lent => Ok(py.None()),
         }
     }
 
@@ -288,6 +286,10 @@ impl Engine {
             want: if lent { Want::Lent } else { Want::Permit },
             timeout: timeout.unwrap_or(f64::INFINITY),
         };
+        let request = LimiterRequest {
+            lend: lent && matches!(engine, Engine::Memory(_)),
+            ..request
+        };
         match &engine {
             Engine::Memory(gate) => wait::acquire_async(py, gate, request, timeout, outcome),
             Engine::Redis(queue, None) => wait::acquire_async(py, queue, request, timeout, outcome),
@@ -309,9 +311,12 @@ impl Engine {
         let request = LimiterRequest::default();
         match self.live() {
             Engine::Memory(gate) => {
-                if let Some(grant) = wait::block_on(py, &*gate, request, None)? {
-                    gate.with_resource(|budget, _| budget.lend(grant));
-                }
+                // Kept by the budget as it is taken, under the same lock.
+                let lent = LimiterRequest {
+                    lend: true,
+                    ..request
+                };
+                wait::block_on(py, &*gate, lent, None)?;
             }
             Engine::Redis(queue, fallback) => match wait::block_on(py, &*queue, request, None) {
                 Ok(grant) => {

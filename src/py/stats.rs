@@ -30,7 +30,7 @@ impl WaitSummary {
             counters: figures.counters,
             waiting: figures.waiting,
             quantiles: figures.times.quantiles(QUANTILES, now),
-            cumulative: *figures.times.cumulative(),
+            cumulative: figures.times.cumulative(),
         }
     }
 
@@ -48,7 +48,7 @@ impl WaitSummary {
     /// wait and buckets.
     pub fn add_local_times(&mut self, times: &WaitTimes, now: Nanos) {
         self.quantiles = times.quantiles(QUANTILES, now);
-        self.cumulative = *times.cumulative();
+        self.cumulative = times.cumulative();
         self.counters.max_wait_ns = self
             .quantiles
             .map_or(0, |q| q[2])

@@ -78,6 +78,11 @@ impl Pressure {
         }
     }
 
+    /// Nothing under way and nothing to judge while the queue stays empty.
+    pub fn is_calm(&self) -> bool {
+        self.since.is_none() && self.empty_since.is_some()
+    }
+
     /// When the current episode started, if one is under way.
     pub fn since(&self) -> Option<Nanos> {
         self.since
