@@ -7,7 +7,8 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use super::args;
-use super::limiter_engine::{timeout_error, Engine, Fallback};
+use super::errors::timeout_error;
+use super::limiter_engine::{Engine, Fallback};
 use super::limiter_shared::{LimiterShared, RetryEvent};
 use super::permit::Permit;
 use super::redis_backend::RedisBackend;

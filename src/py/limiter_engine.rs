@@ -9,7 +9,7 @@ use pyo3::prelude::*;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use super::errors::{AcquireTimeout, BackendUnavailable};
+use super::errors::{timeout_error, wrong_store, BackendUnavailable};
 use super::permit::Permit;
 use super::wait::{self, AsyncOutcome};
 use crate::core::clock::{nanos_of, Clock};
@@ -185,17 +185,6 @@ impl AsyncOutcome<RedisGrant> for Outcome {
     fn timed_out(&self, _py: Python<'_>) -> PyResult<Py<PyAny>> {
         Outcome::timed_out(self)
     }
-}
-
-fn wrong_store() -> PyErr {
-    pyo3::exceptions::PyRuntimeError::new_err(
-        "crewthrottle: a grant reached the wrong store (please report this bug)",
-    )
-}
-
-/// `AcquireTimeout` for a wait of `timeout` seconds.
-pub fn timeout_error(timeout: f64) -> PyErr {
-    AcquireTimeout::new_err(format!("no permit within the timeout of {timeout} s"))
 }
 
 impl Engine {
