@@ -600,5 +600,7 @@ fn dispatch<R: Resource>(st: &mut State<R>, now: Nanos, outbox: &mut Outbox) -> 
     None
 }
 
+#[cfg(all(test, shuttle))]
+mod model;
 #[cfg(test)]
 mod tests;
