@@ -43,6 +43,8 @@ pub struct LimiterGrant {
     tokens: Option<(Receipt, u64)>,
     /// Tokens currently charged for this grant (reserved, then corrected by `settle`).
     pub charged: u64,
+    /// When the request started, as the windows count it (re-dated by a late pick-up).
+    pub started: Nanos,
 }
 
 /// Live figures for `stats()`.
@@ -308,6 +310,7 @@ impl Resource for LimiterBudget {
             request,
             tokens: token_receipt,
             charged: *tokens,
+            started: now,
         })
     }
 
@@ -354,6 +357,7 @@ impl Resource for LimiterBudget {
         if let (Some(window), Some((receipt, ours))) = (&mut self.tokens, grant.tokens) {
             grant.tokens = Some((window.move_to(receipt, ours, now), ours));
         }
+        grant.started = now;
         Some(grant)
     }
 

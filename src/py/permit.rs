@@ -86,6 +86,17 @@ impl Permit {
             .inspect(|_, _, _| unsafe { (*self.grant.get()).charged })
     }
 
+    /// When the request started as the limiter counts it, in seconds on the limiter's clock
+    /// (private: lets tests check the windows exactly, tests/test_stress.py).
+    #[getter]
+    fn _started(&self) -> f64 {
+        // SAFETY: under the gate's lock (see the field's docs).
+        let started = self
+            .gate
+            .inspect(|_, _, _| unsafe { (*self.grant.get()).started });
+        started.as_u64() as f64 / 1e9
+    }
+
     /// Whether the permit has been released.
     #[getter]
     fn released(&self) -> bool {
