@@ -18,6 +18,8 @@
 //! Built only by `RUSTFLAGS="--cfg shuttle" cargo test --lib model_check` (scripts/test.sh):
 //! the gate's lock is then shuttle's (see `fork.rs`), so shuttle decides every hand-off.
 //! `SHUTTLE_RANDOM_SEED` replaces the fixed seeds; a failing schedule is printed for replay.
+//! (One file past the usual size: the model's waiters, ledger and checks only make sense
+//! together.)
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
