@@ -293,8 +293,9 @@ impl<R: Resource> Gate<R> {
         self.locked(|st, now, outbox| {
             let head_retry = dispatch(st, now, outbox);
             match take_locked(st, ticket.0, now, outbox) {
-                Some(grant) => Polled::Ready(grant),
-                None => register(st, ticket.0, notifier, head_retry, outbox),
+                Take::Taken(grant) => Polled::Ready(grant),
+                Take::NotHanded => register(st, ticket.0, notifier, head_retry, outbox),
+                Take::Requeued(retry) => register(st, ticket.0, notifier, retry, outbox),
             }
         })
     }
@@ -320,7 +321,7 @@ impl<R: Resource> Gate<R> {
     /// line, to be polled again.
     pub fn take(&self, ticket: Ticket) -> Polled<R::Grant> {
         self.locked(|st, now, outbox| {
-            if let Some(grant) = take_locked(st, ticket.0, now, outbox) {
+            if let Take::Taken(grant) = take_locked(st, ticket.0, now, outbox) {
                 return Polled::Ready(grant);
             }
             if st.queue.contains_key(&ticket.0) {
@@ -352,8 +353,8 @@ impl<R: Resource> Gate<R> {
     /// Reads the resource (at `now`) and the waiting figures. The resource is `&mut` only so
     /// it can drop expired history; nobody is served by a read.
     pub fn inspect<T>(&self, read: impl FnOnce(&mut R, &WaitFigures<'_>, Nanos) -> T) -> T {
-        let now = self.clock.now();
         let mut st = self.state.lock();
+        let now = self.clock.now();
         read_state(&mut st, read, now)
     }
 
@@ -363,8 +364,8 @@ impl<R: Resource> Gate<R> {
         &self,
         read: impl FnOnce(&mut R, &WaitFigures<'_>, Nanos) -> T,
     ) -> Option<T> {
-        let now = self.clock.now();
         let mut st = self.state.try_lock()?;
+        let now = self.clock.now();
         Some(read_state(&mut st, read, now))
     }
 
@@ -378,10 +379,13 @@ impl<R: Resource> Gate<R> {
 
     /// Runs `f` under the lock, then sends the notifications it collected.
     fn locked<T>(&self, f: impl FnOnce(&mut State<R>, Nanos, &mut Outbox) -> T) -> T {
-        let now = self.clock.now();
         let mut outbox = Outbox::default();
         let out = {
             let mut st = self.state.lock();
+            // Read under the lock: a caller that waited for it must not decide with the time
+            // it had before (issue 9, found by the model check: a late grant re-dated to
+            // before a decision that no longer counted it).
+            let now = self.clock.now();
             let out = f(&mut st, now, &mut outbox);
             outbox.pressure = judge_pressure(&mut st, now);
             out
@@ -409,8 +413,8 @@ impl<R: Resource> Gate<R> {
             if gone.is_empty() {
                 return;
             }
-            let now = self.clock.now();
             let mut st = self.state.lock();
+            let now = self.clock.now();
             for id in gone {
                 abandon_locked(&mut st, id, Abandon::Gone, now, &mut outbox);
             }
@@ -513,14 +517,28 @@ fn take_locked<R: Resource>(
     id: u64,
     now: Nanos,
     outbox: &mut Outbox,
-) -> Option<R::Grant> {
-    let handed = st.handed.remove(&id)?;
+) -> Take<R::Grant> {
+    let Some(handed) = st.handed.remove(&id) else {
+        return Take::NotHanded;
+    };
     if let Some(grant) = pick_up(st, id, handed, now) {
-        return Some(grant);
+        return Take::Taken(grant);
     }
-    dispatch(st, now, outbox);
-    let handed = st.handed.remove(&id)?;
-    pick_up(st, id, handed, now)
+    let head_retry = dispatch(st, now, outbox);
+    match st.handed.remove(&id).and_then(|h| pick_up(st, id, h, now)) {
+        Some(grant) => Take::Taken(grant),
+        None => Take::Requeued(head_retry),
+    }
+}
+
+/// What a waiter coming for its grant found.
+enum Take<G> {
+    Taken(G),
+    /// No grant was handed to it.
+    NotHanded,
+    /// Its grant came too late: it waits again, first in line; the head's retry instant as
+    /// served again (issue 9: its timer must be armed from this, found by the stress test).
+    Requeued(Option<Nanos>),
 }
 
 /// Takes `request` from the resource for a caller that did not queue.
@@ -661,5 +679,7 @@ fn dispatch<R: Resource>(st: &mut State<R>, now: Nanos, outbox: &mut Outbox) -> 
     None
 }
 
+#[cfg(all(test, shuttle))]
+mod model;
 #[cfg(test)]
 mod tests;

@@ -49,6 +49,8 @@ pub struct LimiterGrant {
     pub charged: u64,
     /// Kept by the limiter once taken (see [`LimiterRequest::lend`]).
     lend: bool,
+    /// When the request started, as the windows count it (re-dated by a late pick-up).
+    pub started: Nanos,
 }
 
 /// Live figures for `stats()`.
@@ -321,6 +323,7 @@ impl Resource for LimiterBudget {
             tokens: token_receipt,
             charged: *tokens,
             lend: request.lend,
+            started: now,
         })
     }
 
@@ -387,6 +390,7 @@ impl Resource for LimiterBudget {
         if let (Some(window), Some((receipt, ours))) = (&mut self.tokens, grant.tokens) {
             grant.tokens = Some((window.move_to(receipt, ours, now), ours));
         }
+        grant.started = now;
         Some(grant)
     }
 

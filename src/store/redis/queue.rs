@@ -10,7 +10,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, MutexGuard, Weak};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
@@ -19,7 +19,7 @@ use super::hub::{Hub, Listener};
 use super::script::{Announcement, Budget, Epoch, Reply};
 use crate::core::clock::{Clock, Nanos};
 use crate::core::error::QueueError;
-use crate::core::fork::{AfterFork, ForkableMutex, Survivors};
+use crate::core::fork::{AfterFork, ForkableGuard, ForkableMutex, Survivors};
 use crate::core::gate::{Abandon, Acquired, Polled, Ticket};
 use crate::core::limiter::{validate_request, LimiterConfig, LimiterRequest};
 use crate::core::notify::{Context, Delivery, Notifier};
@@ -152,7 +152,7 @@ impl RedisQueue {
         &self.settings.url
     }
 
-    fn local(&self) -> MutexGuard<'_, Local> {
+    fn local(&self) -> ForkableGuard<'_, Local> {
         self.local.lock()
     }
 
