@@ -8,12 +8,16 @@ for spans in flight, the order things were asked in, and recovery times.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import pytest
@@ -22,6 +26,7 @@ from tests._redis_workers import Grant, Worker, crews, forking, load, waiter
 from tests._timeline import fifo_lag, max_in_window, max_overlap, steady_utilisation
 
 import crewthrottle as ct
+from crewthrottle.testing.pytest_plugin import shared_limiter_factory
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="POSIX signals and fork")
 
@@ -310,3 +315,137 @@ def test_a_waiter_whose_place_expired_queues_again(
             os.kill(a.pid, signal.SIGCONT)
         held.release()
         a.expect("granted", timeout=RECOVERY_BOUND)
+
+
+def test_a_server_that_stopped_answering_is_a_clear_error_in_bounded_time() -> None:
+    """Not a refused connection (tests/test_redis.py) but a server that accepts and never
+    answers (SIGSTOP): a limiter already connected and one connecting for the first time,
+    blocking and async (20 tasks at once), each get BackendUnavailable naming the URL within
+    a few command timeouts (0.5 s), never a hang."""
+    server = RedisServer().start()
+    try:
+        limits = {"rpm": 100, "window": WINDOW}
+        backend = ct.RedisBackend(server.url, timeout=0.5, lease=1.0)
+        connected = ct.Limiter(name="stopped", backend=backend, **limits)
+        connected.acquire(timeout=5).release()
+        # Another database of that server: a connection of its own, made after the stop.
+        fresh_url = server.url.replace("/0", "/1")
+        fresh = ct.Limiter(
+            name="stopped", backend=ct.RedisBackend(fresh_url, timeout=0.5), **limits
+        )
+        os.kill(server.process.pid, signal.SIGSTOP)  # type: ignore[union-attr]
+
+        async def many(limiter: ct.Limiter) -> list[BaseException]:
+            calls = (limiter.acquire_async(timeout=60) for _ in range(20))
+            return await asyncio.gather(*calls, return_exceptions=True)  # type: ignore[arg-type]
+
+        took = []
+        for limiter, url in ((connected, server.url), (fresh, fresh_url)):
+            for attempt in (lambda: limiter.acquire(timeout=60), limiter.try_acquire):
+                started_at = time.monotonic()
+                with pytest.raises(ct.BackendUnavailable, match=url):
+                    attempt()
+                took.append(time.monotonic() - started_at)
+            started_at = time.monotonic()
+            errors = asyncio.run(many(limiter))
+            took.append(time.monotonic() - started_at)
+            assert all(isinstance(e, ct.BackendUnavailable) and url in str(e) for e in errors)
+        print("stopped server: errors after " + ", ".join(f"{t:.2f}" for t in took) + " s")
+        assert max(took) < 5
+    finally:
+        if server.process is not None:
+            os.kill(server.process.pid, signal.SIGCONT)
+        server.cleanup()
+
+
+# -- fork ----------------------------------------------------------------------------------------
+
+
+def test_a_limiter_made_before_fork_works_in_the_child_and_the_parent(
+    redis_url: str, budget_name: str
+) -> None:
+    """A worker takes one of two slots and forks. Invariants: the child gets the other slot
+    (its grant on Redis's clock), then finds the budget full; releasing the parent's permit in
+    the child (explicitly, and by garbage collection) frees nothing; the child's own release
+    does. The parent's permit outlives two leases after the fork (its heartbeat survived), and
+    the parent acquires and releases as before."""
+    worker = Worker(forking, url=redis_url, name=budget_name, lease=0.5)
+    try:
+        child, parent = worker.expect("done")
+    finally:
+        worker.close()
+    assert "error" not in child, child["error"]
+    assert child["server_time"] is not None
+    assert (child["both"], child["full"]) == (2, True)
+    assert (child["after_parents"], child["after_own"]) == (2, 1)
+    assert parent == {"child_exit": 0, "after_child": 1, "after_leases": 1, "both": 2, "none": 0}
+
+
+# -- pytest-xdist --------------------------------------------------------------------------------
+
+#: Plugins of the test extra that cost each xdist worker seconds to start on 2 cores (the
+#: crewthrottle plugin still comes by its entry point).
+NO_SLOW_PLUGINS = [
+    "-p",
+    "no:cacheprovider",
+    "-p",
+    "no:langsmith_plugin",
+    "-p",
+    "no:hypothesispytest",
+]
+
+XDIST_SUITE = """
+import os
+import pytest
+
+@pytest.mark.parametrize("i", range(8))
+def test_call(shared_limiter, i):
+    limiter = shared_limiter({name!r}, rpm={rpm}, window={window})
+    worker = os.environ["PYTEST_XDIST_WORKER"]
+    for _ in range(3):
+        with limiter.acquire(timeout=30) as permit:
+            with open(os.path.join({stamps!r}, worker), "a") as out:
+                out.write(f"{{permit.server_time!r}}\\n")
+"""
+
+
+def test_pytest_xdist_workers_share_one_budget_through_the_fixture(
+    redis_url: str, budget_name: str, tmp_path: Path
+) -> None:
+    """`pytest -n 4` on a generated suite whose 8 tests take 3 permits each from
+    ``shared_limiter`` (the URL from the ini option), 6 per 0.5 s window. Invariant: the 24
+    grants of all workers together, on Redis's clock, are never more than 6 in a window."""
+    rpm, window = 6, 0.5
+    stamps = tmp_path / "stamps"
+    stamps.mkdir()
+    suite = XDIST_SUITE.format(name=budget_name, rpm=rpm, window=window, stamps=str(stamps))
+    (tmp_path / "test_shared.py").write_text(suite, encoding="utf-8")
+    (tmp_path / "pytest.ini").write_text(f"[pytest]\ncrewthrottle_redis_url = {redis_url}\n")
+    env = {k: v for k, v in os.environ.items() if k != "CREWTHROTTLE_REDIS_URL"}
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-n", "4", "-q", *NO_SLOW_PLUGINS],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    by_worker = {f.name: [float(x) for x in f.read_text().split()] for f in stamps.iterdir()}
+    times = [t for worker in by_worker.values() for t in worker]
+    print(
+        f"xdist: {len(times)} grants from {len(by_worker)} workers, "
+        f"{max(times) - min(times):.2f} s on Redis's clock"
+    )
+    assert len(times) == 24 and len(by_worker) >= 2
+    assert max_in_window(times, window) <= rpm
+
+
+def test_shared_limiter_refuses_to_give_xdist_workers_a_budget_each() -> None:
+    """With no Redis URL, an xdist worker's test fails saying what to set; outside xdist the
+    fixture gives one in-memory limiter per name and limits."""
+    alone = shared_limiter_factory(None, None)
+    assert alone("x", rpm=5) is alone("x", rpm=5) and alone("x", rpm=6) is not alone("x", rpm=5)
+    assert alone("x", rpm=5).backend is None
+    with pytest.raises(pytest.fail.Exception, match="CREWTHROTTLE_REDIS_URL"):
+        shared_limiter_factory(None, "gw1")("x", rpm=5)
