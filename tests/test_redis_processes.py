@@ -17,6 +17,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -34,9 +35,9 @@ WINDOW = 1.0
 
 
 @contextlib.contextmanager
-def started(count: int, target: Callable[..., None], **options: Any) -> Iterator[list[Worker]]:
-    """`count` workers running `target`, each ready; all gone afterwards, whatever happened."""
-    workers = [Worker(target, **options) for _ in range(count)]
+def started(processes: int, target: Callable[..., None], **options: Any) -> Iterator[list[Worker]]:
+    """`processes` workers running `target`, each ready; all gone afterwards, whatever happened."""
+    workers = [Worker(target, **options) for _ in range(processes)]
     try:
         for worker in workers:
             worker.expect("ready")
@@ -341,7 +342,7 @@ def test_a_server_that_stopped_answering_is_a_clear_error_in_bounded_time() -> N
 
         took = []
         for limiter, url in ((connected, server.url), (fresh, fresh_url)):
-            for attempt in (lambda: limiter.acquire(timeout=60), limiter.try_acquire):
+            for attempt in (partial(limiter.acquire, timeout=60), limiter.try_acquire):
                 started_at = time.monotonic()
                 with pytest.raises(ct.BackendUnavailable, match=url):
                     attempt()
@@ -449,3 +450,42 @@ def test_shared_limiter_refuses_to_give_xdist_workers_a_budget_each() -> None:
     assert alone("x", rpm=5).backend is None
     with pytest.raises(pytest.fail.Exception, match="CREWTHROTTLE_REDIS_URL"):
         shared_limiter_factory(None, "gw1")("x", rpm=5)
+
+
+# -- CrewAI end to end ---------------------------------------------------------------------------
+
+CREW_LIMITS = {"rpm": 10, "tpm": 4_000, "max_concurrent": 4, "window": 1.0}
+
+
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+def test_twenty_crews_in_four_processes_one_redis_budget_no_429(
+    redis_url: str, budget_name: str
+) -> None:
+    """20 one-agent crews (real CrewAI, the real openai SDK), 5 in each of 4 processes, all
+    started together against one FakeProvider, each process's `kickoff_all` given a limiter
+    with the provider's limits. Shared on Redis: 20/20 crews and not one 429 by the provider's
+    own count (nor more than its limits in any window). One in-memory limiter per process:
+    four times the limit is sent, and the provider refuses."""
+    from crewthrottle.testing import FakeProvider
+
+    options = {"count": 5, "limits": CREW_LIMITS, "url": redis_url, "name": budget_name}
+    outcome: dict[str, Any] = {}
+    with started(4, crews, **options) as workers:
+        for mode in ("shared", "local"):
+            with FakeProvider(latency=0.05, **CREW_LIMITS) as provider:
+                start = time.monotonic() + 0.5
+                for worker in workers:
+                    worker.send("go", provider.base_url, mode, start)
+                done = [worker.expect("done", timeout=120) for worker in workers]
+            outcome[mode] = (sum(ok for ok, _ in done), [f for _, f in done], provider)
+    ok, failed, provider = outcome["shared"]
+    print(
+        f"CrewAI, 4 processes: shared {ok}/20 crews, {provider.count(status=429)} 429s, "
+        f"{provider.count()} requests; per process {outcome['local'][0]}/20 crews, "
+        f"{outcome['local'][2].count(status=429)} 429s, {outcome['local'][2].count()} requests"
+    )
+    assert ok == 20, failed
+    assert provider.count(status=429) == 0
+    assert provider.max_requests_in_any_window() <= CREW_LIMITS["rpm"]
+    assert provider.max_in_flight <= CREW_LIMITS["max_concurrent"]
+    assert outcome["local"][2].count(status=429) > 0
