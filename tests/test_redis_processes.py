@@ -318,6 +318,31 @@ def test_a_waiter_whose_place_expired_queues_again(
         a.expect("granted", timeout=RECOVERY_BOUND)
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="store bug: a budget whose state a restart lost is treated conservatively only "
+    "when its first caller after the restart knew the old epoch; a process new to the budget "
+    "(a fresh worker) that comes first starts it afresh, and twice rpm is granted in a window",
+)
+def test_a_restart_lets_no_more_than_rpm_through_whoever_comes_first(budget_name: str) -> None:
+    """This process takes a window's 10 requests; the server is killed and restarted at once;
+    then a worker that never used the budget asks for 10. Invariant: never more than 10 in any
+    1 s window on Redis's clock (this host's: it goes on across the restart)."""
+    limits = {"rpm": 10, "window": WINDOW, "margin": 0.01}
+    with RedisServer() as server:
+        before = ct.Limiter(name=budget_name, backend=ct.RedisBackend(server.url), **limits)
+        stamps = [before.acquire(timeout=10).server_time for _ in range(10)]
+        server.kill()
+        server.start()
+        options = {"url": server.url, "name": budget_name, "limits": limits}
+        with started(1, waiter, backend={"timeout": 1.0}, **options) as (fresh,):
+            for label in range(10):
+                fresh.send("acquire", label, "thread", 0, 0.0)
+            stamps += [fresh.expect("granted")[1] for _ in range(10)]
+    print(f"restart, a new process first: {max_in_window(stamps, WINDOW)} grants in a window")
+    assert max_in_window(stamps, WINDOW) <= limits["rpm"]
+
+
 def test_a_server_that_stopped_answering_is_a_clear_error_in_bounded_time() -> None:
     """Not a refused connection (tests/test_redis.py) but a server that accepts and never
     answers (SIGSTOP): a limiter already connected and one connecting for the first time,
