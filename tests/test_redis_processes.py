@@ -34,6 +34,11 @@ pytestmark = pytest.mark.skipif(os.name != "posix", reason="POSIX signals and fo
 WINDOW = 1.0
 
 
+def store_bug(reason: str) -> pytest.MarkDecorator:
+    """A bug of the Redis store (src/store/), reported to the lead; strict, so a fix shows."""
+    return pytest.mark.xfail(strict=True, reason=f"store bug: {reason}")
+
+
 @contextlib.contextmanager
 def started(processes: int, target: Callable[..., None], **options: Any) -> Iterator[list[Worker]]:
     """`processes` workers running `target`, each ready; all gone afterwards, whatever happened."""
@@ -274,9 +279,8 @@ def test_a_redis_restart_mid_run_crashes_nobody_and_exceeds_nothing(restart_run:
     assert len(before) >= RESTART_LIMITS["rpm"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="store bug: waiters queued when Redis went down are never queued again after it "
+@store_bug(
+    "waiters queued when Redis went down are never queued again after it "
     "comes back (renew reports their tickets lost; nothing wakes them), so they wait out "
     "their own timeout (forever without one)",
 )
@@ -291,9 +295,8 @@ def test_service_resumes_after_a_redis_restart(restart_run: Restart) -> None:
     assert len(after) >= RESTART_LIMITS["rpm"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="store bug: a waiter whose place in the queue was dropped (its process stopped "
+@store_bug(
+    "a waiter whose place in the queue was dropped (its process stopped "
     "past its lease) is never queued again nor woken: renew reports its ticket lost and "
     "nothing acts on it, so it waits out its own timeout even with the slot free",
 )
@@ -318,9 +321,8 @@ def test_a_waiter_whose_place_expired_queues_again(
         a.expect("granted", timeout=RECOVERY_BOUND)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="store bug: a budget whose state a restart lost is treated conservatively only "
+@store_bug(
+    "a budget whose state a restart lost is treated conservatively only "
     "when its first caller after the restart knew the old epoch; a process new to the budget "
     "(a fresh worker) that comes first starts it afresh, and twice rpm is granted in a window",
 )
