@@ -71,7 +71,11 @@ class Worker:
     def recv(self, timeout: float = PATIENCE) -> tuple[Any, ...]:
         if not self.conn.poll(timeout):
             raise TimeoutError(f"worker {self.pid} said nothing within {timeout} s")
-        message: tuple[Any, ...] = self.conn.recv()
+        try:
+            message: tuple[Any, ...] = self.conn.recv()
+        except EOFError:
+            self.process.join(5)
+            raise WorkerError(f"worker {self.pid} ended ({self.process.exitcode})") from None
         if message[0] == "error":
             raise WorkerError(f"worker {self.pid} failed:\n{message[1]}")
         return message
