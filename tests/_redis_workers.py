@@ -375,8 +375,9 @@ def _in_the_child(limiter: ct.Limiter, held: Any) -> dict[str, Any]:
 
 
 def crews(link: Link, *, count: int, limits: dict[str, Any], url: str, name: str) -> None:
-    """Kicks off `count` one-agent crews with ``kickoff_all`` on the test's command
-    ``("go", base_url, "shared"|"local")``, once per command, and reports the outcome."""
+    """Builds `count` one-agent crews and a limiter on ``("build", base_url,
+    "shared"|"local")``, kicks them off with ``kickoff_all`` on ``("go", start)`` at monotonic
+    `start` (every worker together), and reports the outcome; again for each build."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # CrewAI's own warnings at import time
         from crewthrottle._demo import build_crews, quiet_crewai
@@ -390,10 +391,12 @@ def crews(link: Link, *, count: int, limits: dict[str, Any], url: str, name: str
         command, *args = link.recv()
         if command == "exit":
             os._exit(0)  # without CrewAI's exit handlers, which take seconds
-        base_url, mode, start = args
+        base_url, mode = args
         backend = ct.RedisBackend(url) if mode == "shared" else None
         limiter = ct.Limiter(name=name, backend=backend, **limits)
         team = build_crews(count, base_url)
+        link.send("built")
+        (_, start) = link.recv()
         time.sleep(max(0.0, start - time.monotonic()))  # every worker starts together
         results = kickoff_all(team, limiter=limiter, return_exceptions=True)
         failed = [repr(r) for r in results if isinstance(r, BaseException)]

@@ -408,38 +408,52 @@ def test_a_limiter_made_before_fork_works_in_the_child_and_the_parent(
 
 # -- CrewAI end to end ---------------------------------------------------------------------------
 
-CREW_LIMITS = {"rpm": 10, "tpm": 4_000, "max_concurrent": 4, "window": 1.0}
+CREW_LIMITS = {"rpm": 10, "tpm": 4_000, "max_concurrent": 4, "window": 3.0}
 
 
 @pytest.mark.filterwarnings("ignore::ResourceWarning")
 def test_twenty_crews_in_four_processes_one_redis_budget_no_429(
-    redis_url: str, budget_name: str
+    redis_url: str, budget_name: str, wait_until: Callable[..., None]
 ) -> None:
     """20 one-agent crews (real CrewAI, the real openai SDK), 5 in each of 4 processes, all
     started together against one FakeProvider, each process's `kickoff_all` given a limiter
     with the provider's limits. Shared on Redis: 20/20 crews and not one 429 by the provider's
     own count (nor more than its limits in any window). One in-memory limiter per process:
-    four times the limit is sent, and the provider refuses."""
+    four times the limit is sent, and the provider refuses (the run stops at the first 429:
+    the per-process crews' retries prove nothing more)."""
     from crewthrottle.testing import FakeProvider
 
-    options = {"count": 5, "limits": CREW_LIMITS, "url": redis_url, "name": budget_name}
-    outcome: dict[str, Any] = {}
+    # The limiters may send the whole window's requests at once (burst): a 3 s window then
+    # shows per-process limiters overshooting even when a busy machine spreads the processes'
+    # first requests over a second or two.
+    limits = {**CREW_LIMITS, "burst": CREW_LIMITS["rpm"]}
+    options = {"count": 5, "limits": limits, "url": redis_url, "name": budget_name}
     with started(4, crews, **options) as workers:
-        for mode in ("shared", "local"):
-            with FakeProvider(latency=0.05, **CREW_LIMITS) as provider:
-                start = time.monotonic() + 0.5
-                for worker in workers:
-                    worker.send("go", provider.base_url, mode, start)
-                done = [worker.expect("done", timeout=120) for worker in workers]
-            outcome[mode] = (sum(ok for ok, _ in done), [f for _, f in done], provider)
-    ok, failed, provider = outcome["shared"]
+
+        def kick_off(mode: str, provider: FakeProvider) -> None:
+            for worker in workers:
+                worker.send("build", provider.base_url, mode)
+            for worker in workers:
+                worker.expect("built")
+            start = time.monotonic() + 0.2
+            for worker in workers:
+                worker.send("go", start)
+
+        with FakeProvider(latency=0.05, **CREW_LIMITS) as shared:
+            kick_off("shared", shared)
+            done = [worker.expect("done", timeout=120) for worker in workers]
+        with FakeProvider(latency=0.05, **CREW_LIMITS) as local:
+            kick_off("local", local)
+            wait_until(lambda: local.count(status=429) > 0, "a 429 (per process)", timeout=60)
+            for worker in workers:
+                worker.process.kill()  # busy retrying: it would not hear "exit"
+    ok, failed = sum(ok for ok, _ in done), [f for _, fs in done for f in fs]
     print(
-        f"CrewAI, 4 processes: shared {ok}/20 crews, {provider.count(status=429)} 429s, "
-        f"{provider.count()} requests; per process {outcome['local'][0]}/20 crews, "
-        f"{outcome['local'][2].count(status=429)} 429s, {outcome['local'][2].count()} requests"
+        f"CrewAI, 4 processes: shared {ok}/20 crews, {shared.count(status=429)} 429s, "
+        f"{shared.count()} requests; per process: {local.count(status=429)} 429s of "
+        f"{local.count()} requests before it was stopped"
     )
     assert ok == 20, failed
-    assert provider.count(status=429) == 0
-    assert provider.max_requests_in_any_window() <= CREW_LIMITS["rpm"]
-    assert provider.max_in_flight <= CREW_LIMITS["max_concurrent"]
-    assert outcome["local"][2].count(status=429) > 0
+    assert shared.count(status=429) == 0
+    assert shared.max_requests_in_any_window() <= CREW_LIMITS["rpm"]
+    assert shared.max_in_flight <= CREW_LIMITS["max_concurrent"]
