@@ -584,6 +584,13 @@ impl RedisQueue {
                 if lost.iter().any(|l| !l.starts_with('t')) {
                     self.warn_lost_once();
                 }
+                // Waiters whose place was lost (their lease expired, or the budget's state
+                // with it) poll now, find it gone and queue again.
+                let lost_tickets: Vec<u64> = lost
+                    .iter()
+                    .filter_map(|l| l.strip_prefix('t')?.parse().ok())
+                    .collect();
+                self.wake_tickets(&lost_tickets);
                 self.hear(&Announcement { handed, head });
             }
             Ok(_) => {}
@@ -592,6 +599,21 @@ impl RedisQueue {
                 self.name,
                 self.settings.lease / 3
             )),
+        }
+    }
+
+    fn wake_tickets(&self, tickets: &[u64]) {
+        let wake: Vec<Arc<Notify>> = {
+            let local = self.local();
+            tickets
+                .iter()
+                .filter_map(|t| local.tickets.get(t))
+                .filter_map(|id| local.slots.get(id))
+                .map(|slot| Arc::clone(&slot.wake))
+                .collect()
+        };
+        for notify in wake {
+            notify.notify_one();
         }
     }
 
