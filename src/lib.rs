@@ -29,4 +29,9 @@ mod _native {
     use crate::py::token_bucket::TokenBucket;
     #[pymodule_export]
     use crate::py::wait::{Acquisition, Waiting};
+
+    /// The version, from its one source: Cargo.toml.
+    #[allow(non_upper_case_globals)] // Python's name for it
+    #[pymodule_export]
+    const __version__: &str = env!("CARGO_PKG_VERSION");
 }

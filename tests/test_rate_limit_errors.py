@@ -555,3 +555,24 @@ def test_real_anthropic_and_litellm_retry_after() -> None:
     assert retry_after(exc) == 7.0
     wrapped = litellm.RateLimitError("429", "anthropic", "claude", response=response)
     assert retry_after(wrapped) == 7.0
+
+
+@pytest.mark.parametrize(
+    ("message", "wait"),
+    [
+        (
+            "Rate limit reached for gpt-4o-mini on requests per min (RPM): Limit 4, Used 4, "
+            "Requested 1. Please try again in 1.561s. Visit https://platform.openai.com",
+            1.561,
+        ),
+        ("... on tokens per min (TPM): Limit 30000. Please try again in 20ms.", 0.02),
+        ("Please try again in 6m0s.", 360.0),
+        ("Please try again later.", None),
+    ],
+)
+def test_the_wait_openais_message_names_is_read_when_no_header_names_one(
+    message: str, wait: float | None
+) -> None:
+    # A wrapper that drops the response (older LiteLLMs) leaves only the message.
+    exc = litellm.RateLimitError(message=message, llm_provider="openai", model="gpt-4o-mini")
+    assert retry_after(exc) == (pytest.approx(wait) if wait is not None else None)

@@ -10,7 +10,6 @@ the parent's other threads, their waiters and their permits).
 
 from __future__ import annotations
 
-import importlib.metadata
 import os
 
 from crewthrottle._backoff import Backoff, backoff, throttle
@@ -29,10 +28,11 @@ from crewthrottle._native import (
     _after_fork_in_parent,
     _before_fork,
 )
+from crewthrottle._native import __version__ as _version
 from crewthrottle._rate_limit_errors import is_rate_limit_error, retry_after
 
-#: The installed version; its one source is Cargo.toml (maturin copies it into the metadata).
-__version__ = importlib.metadata.version("crewthrottle")
+#: The version; its one source is Cargo.toml.
+__version__: str = _version
 
 __all__ = [
     "AcquireTimeout",

@@ -30,6 +30,7 @@ __all__ = [
     "_Acquisition",
     "_Schedule",
     "_Waiting",
+    "__version__",
     "_after_fork_in_child",
     "_after_fork_in_parent",
     "_before_fork",
@@ -370,6 +371,9 @@ class _Waiting:
 @final
 class _Acquisition:
     def start(self) -> tuple[bool, Any]: ...
+
+#: The version, from its one source: Cargo.toml.
+__version__: str
 
 def _limiter_snapshots() -> list[LimiterSnapshot]:
     """One snapshot per live ``Limiter``: ``stats()`` plus its configuration and cumulative

@@ -99,6 +99,9 @@ _MAX_TEXT = 65_536
 _MAX_ITEMS = 256
 _MAX_HEADER_VALUE = 64
 
+#: The wait in OpenAI's rate-limit messages: "Please try again in 1.561s" (or "6m0s", "20ms").
+_TRY_AGAIN_TEXT = re.compile(r"try again in ((?:\d+(?:\.\d*)?(?:ns|us|µs|ms|s|m|h)){1,4})\b")
+
 #: Go-style durations as OpenAI sends in ``x-ratelimit-reset-*``: "6m0s", "1.5s", "20ms".
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h|d)")
 _DURATION_UNITS = {
@@ -144,17 +147,17 @@ def retry_after(exc: BaseException) -> float | None:
     the order OpenAI's SDK uses: ``retry-after-ms`` (milliseconds), then ``retry-after``
     (seconds, possibly fractional, or an HTTP date), then the longest of OpenAI's
     ``x-ratelimit-reset-requests`` and ``x-ratelimit-reset-tokens`` (durations like ``"6m0s"``),
-    then Gemini's ``RetryInfo.retryDelay`` in the error body. The first exception of the
-    ``__cause__``/``__context__`` chain that names a wait wins. Never negative; unparseable
-    values are ignored; never raises.
+    then Gemini's ``RetryInfo.retryDelay`` in the error body, then the wait OpenAI's message
+    names ("Please try again in 1.561s", "in 20ms": what reaches a client whose wrapper drops
+    the headers, as older LiteLLMs do). The first exception of the ``__cause__``/``__context__``
+    chain that names a wait wins. Never negative; unparseable values are ignored; never raises.
     """
     try:
         for link in _chain(exc):
-            wait = _quietly(_header_wait, link)
-            if wait is None:
-                wait = _quietly(_body_retry_delay, link)
-            if wait is not None:
-                return wait
+            for read in (_header_wait, _body_retry_delay, _message_wait):
+                wait = _quietly(read, link)
+                if wait is not None:
+                    return wait
         return None
     except Exception:  # documented never to raise: an unreadable exception names no wait
         return None
@@ -329,6 +332,12 @@ def _body_retry_delay(exc: BaseException) -> float | None:
                     if wait is not None:
                         return wait
     return None
+
+
+def _message_wait(exc: BaseException) -> float | None:
+    """The wait OpenAI's rate-limit message names: "Please try again in 1.561s"."""
+    found = _TRY_AGAIN_TEXT.search(_safe_str(exc))
+    return _duration(found.group(1)) if found else None
 
 
 def _seconds(value: object) -> float | None:
