@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from crewthrottle._demo import chart
+from crewthrottle._spend import SpendReport
 from crewthrottle.testing import FakeProvider
 
 MODES = ("unthrottled", "seed-fix", "crewthrottle")
@@ -54,6 +55,7 @@ class Outcome:
     wall: float
     utilisation: float
     series: chart.Series
+    spend: SpendReport
 
 
 def parse(argv: Sequence[str]) -> argparse.Namespace:
@@ -116,6 +118,7 @@ def build_crews(count: int, base_url: str, *, max_retries: int | None = None) ->
             verbose=False,
         )
         task = Task(
+            name="answer a question",
             description=f"Question {i}: name one risk of scaling LLM agents.",
             expected_output="One line.",
             agent=agent,
@@ -249,8 +252,11 @@ def run_mode(mode: str, args: argparse.Namespace, limits: Limits) -> Outcome:
         crews = build_crews(args.crews, provider.base_url, max_retries=max_retries)
         progress = Progress(mode, args.crews, provider, args.quiet)
         chatter = io.StringIO()
+        # Who spent the budget: throttled calls only, so the crewthrottle mode's.
+        spend = SpendReport()
         with progress, contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
-            RUNNERS[mode](crews, progress.done, limits, progress.started + args.time_limit)
+            with spend.track():
+                RUNNERS[mode](crews, progress.done, limits, progress.started + args.time_limit)
         wall = time.monotonic() - progress.started
         log = list(provider.log)
     accepted = sum(1 for r in log if r.status < 400)
@@ -271,6 +277,7 @@ def run_mode(mode: str, args: argparse.Namespace, limits: Limits) -> Outcome:
         wall=wall,
         utilisation=accepted / allowed,
         series=series,
+        spend=spend,
     )
 
 
@@ -310,6 +317,9 @@ def main(argv: Sequence[str]) -> int:
     outcomes = [run_mode(mode, args, limits) for mode in args.modes]
     print()
     print(table(outcomes, args.crews))
+    for outcome in outcomes:
+        if outcome.spend.rows():
+            print(f"\n[{outcome.mode}] {outcome.spend.table()}")
     path = chart.write(
         args.chart,
         [o.series for o in outcomes],

@@ -20,9 +20,11 @@ from typing import TYPE_CHECKING, Any
 from crewthrottle import _guard as guard
 from crewthrottle import _integrations as shared
 from crewthrottle import _seams as seams
+from crewthrottle import _spend as spending
 from crewthrottle._backoff import Backoff
 from crewthrottle._native import Limiter
 from crewthrottle.crewai import _sdk as sdk
+from crewthrottle.crewai._who import caller
 
 if TYPE_CHECKING:
     from crewai.llms.base_llm import BaseLLM
@@ -72,9 +74,17 @@ class CrewAttempt(shared.Attempt):
 
     __slots__ = ("deferred", "failed", "is_async", "throttling")
 
-    def __init__(self, owner: Any, throttling: Throttling, tokens: int, is_async: bool) -> None:
+    def __init__(
+        self,
+        owner: Any,
+        throttling: Throttling,
+        tokens: int,
+        is_async: bool,
+        spend: spending.Call | None = None,
+    ) -> None:
         limiter, deadlock_after = throttling.limiter, throttling.deadlock_after
-        super().__init__(limiter, tokens, model=owner, deadlock_after=deadlock_after)
+        tried = None if spend is None else spend.attempt()
+        super().__init__(limiter, tokens, model=owner, deadlock_after=deadlock_after, spend=tried)
         self.throttling = throttling
         self.is_async = is_async
         # The permit waits for the HTTP request where the LLM's clients call our hooks.
@@ -109,6 +119,8 @@ class CrewAttempt(shared.Attempt):
 
     def on_response(self, status: int, headers: Any) -> None:
         """A response's status and headers (the place to learn from them)."""
+        if self.spend is not None:
+            self.spend.response(status)
 
 
 # Throttled LLMs with a call under way in this context: CrewAI's LiteLLM path calls
@@ -133,7 +145,10 @@ class Throttled:
             return parent.call(messages, *args, **kwargs)
         throttling = throttling_of(self)
         tokens = throttling.tokens_for(messages, self)
-        return throttling.retry.call(self._attempt, throttling, tokens, messages, args, kwargs)
+        spend = spending.start_call(getattr(self, "model", None), caller(args, kwargs))
+        return throttling.retry.call(
+            self._attempt, throttling, tokens, spend, messages, args, kwargs
+        )
 
     async def acall(self, messages: Any, *args: Any, **kwargs: Any) -> Any:
         """CrewAI's ``acall``, throttled like :meth:`call`, waiting without blocking the loop."""
@@ -142,15 +157,22 @@ class Throttled:
             return await parent.acall(messages, *args, **kwargs)
         throttling = throttling_of(self)
         tokens = throttling.tokens_for(messages, self)
+        spend = spending.start_call(getattr(self, "model", None), caller(args, kwargs))
         return await throttling.retry.call(
-            self._aattempt, throttling, tokens, messages, args, kwargs
+            self._aattempt, throttling, tokens, spend, messages, args, kwargs
         )
 
     def _attempt(
-        self, throttling: Throttling, tokens: int, messages: Any, args: Any, kwargs: Any
+        self,
+        throttling: Throttling,
+        tokens: int,
+        spend: spending.Call | None,
+        messages: Any,
+        args: Any,
+        kwargs: Any,
     ) -> Any:
         parent: Any = super()
-        attempt = CrewAttempt(self, throttling, tokens, is_async=False)
+        attempt = CrewAttempt(self, throttling, tokens, is_async=False, spend=spend)
         with guard.inside(throttling.limiter):
             try:
                 if not attempt.deferred:
@@ -164,10 +186,16 @@ class Throttled:
                 attempt.finish()
 
     async def _aattempt(
-        self, throttling: Throttling, tokens: int, messages: Any, args: Any, kwargs: Any
+        self,
+        throttling: Throttling,
+        tokens: int,
+        spend: spending.Call | None,
+        messages: Any,
+        args: Any,
+        kwargs: Any,
     ) -> Any:
         parent: Any = super()
-        attempt = CrewAttempt(self, throttling, tokens, is_async=True)
+        attempt = CrewAttempt(self, throttling, tokens, is_async=True, spend=spend)
         with guard.inside(throttling.limiter):
             try:
                 if not attempt.deferred:
@@ -231,6 +259,7 @@ class Throttled:
 
 def _reraise(attempt: CrewAttempt, error: Exception) -> None:
     """Raise the permit's own failure if that is what ``error`` (the SDK's) wraps."""
+    attempt.on_error(error)
     failed = attempt.unwrapped(error)
     if failed is not error:
         raise failed from error
