@@ -38,6 +38,11 @@ def test_demo_runs_all_three_modes_and_writes_a_chart(
     ours = rows["crewthrottle"]
     # mode, crews ok, failed, unfinished, HTTP requests, 429s, wall, rpm used
     assert ours[1:6] == ["6/6", "0", "0", "6", "0"], out
+    # Who spent the budget, for the mode whose LLMs were throttled (the others' are not seen).
+    assert "[crewthrottle] Who spent the budget: 6 LLM calls, 6 HTTP requests" in out, out
+    assert "[unthrottled]" not in out and "[seed-fix]" not in out
+    (spent,) = [re.split(r"\s{2,}", line) for line in out.splitlines() if line.startswith("gpt-")]
+    assert spent[:7] == ["gpt-4o-mini", "Market analyst", "answer a question", "6", "6", "0", "0"]
     svg = chart.read_text(encoding="utf-8")
     assert svg.startswith("<svg") and svg.count("<text") > 5
     assert re.search(r"crewthrottle: .*6/6 crews ok, 0 x 429", svg)
