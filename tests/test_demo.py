@@ -12,16 +12,11 @@ import pytest
 
 pytest.importorskip("crewai", reason="the demo runs real CrewAI: pip install crewthrottle[crewai]")
 
+from tests._crewai import MARKS
+
 from crewthrottle._demo import main
 
-pytestmark = [
-    # CrewAI warns about its own deprecated fields while it runs (function_calling_llm...).
-    pytest.mark.filterwarnings("ignore::DeprecationWarning:crewai"),
-    pytest.mark.filterwarnings("ignore::DeprecationWarning:pydantic"),
-    # CrewAI never closes its SDK clients; their sockets are collected unclosed.
-    pytest.mark.filterwarnings("ignore::ResourceWarning"),
-    pytest.mark.usefixtures("collect_sdk_clients"),
-]
+pytestmark = MARKS
 
 
 def test_demo_runs_all_three_modes_and_writes_a_chart(

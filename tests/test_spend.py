@@ -23,18 +23,13 @@ with warnings.catch_warnings():
     from crewai import LLM, Agent, Crew, Task
     from crewai.llms.base_llm import BaseLLM
 
+from tests._crewai import MARKS
+
 import crewthrottle as ct
-from crewthrottle.crewai import akickoff_all, kickoff_all, throttle_llm
+from crewthrottle.crewai import akickoff_all, is_throttled, kickoff_all, throttle_llm
 from crewthrottle.testing import FakeProvider, RequestRecord
 
-pytestmark = [
-    # CrewAI warns about its own deprecated fields while it runs.
-    pytest.mark.filterwarnings("ignore::DeprecationWarning:crewai"),
-    pytest.mark.filterwarnings("ignore::DeprecationWarning:pydantic"),
-    # CrewAI never closes its SDK clients; their sockets are collected unclosed.
-    pytest.mark.filterwarnings("ignore::ResourceWarning"),
-    pytest.mark.usefixtures("collect_sdk_clients"),
-]
+pytestmark = MARKS
 
 WINDOW = 2.0
 TOPICS = ("ants", "bees", "cats", "dogs")
@@ -336,7 +331,8 @@ def test_bad_report_arguments_are_refused_with_their_name() -> None:
     agent = Agent(role="r", goal="g", backstory="b", llm=llm)
     crew = Crew(agents=[agent], tasks=[Task(description="d", expected_output="o", agent=agent)])
     with pytest.raises(TypeError, match="report must be"):
-        kickoff_all([crew], report="yes")  # type: ignore[arg-type]
+        kickoff_all([crew], limiter=ct.Limiter(rpm=60), report="yes")  # type: ignore[arg-type]
+    assert not is_throttled(agent.llm), "refused before the crew's LLMs were touched"
     with pytest.raises(TypeError, match="report must be"):
         asyncio.run(akickoff_all([crew], report=1))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="max_rows"):

@@ -31,6 +31,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, fields
 
 from crewthrottle._rate_limit_errors import http_status
+from crewthrottle._spend_table import render
 
 __all__ = [
     "NOBODY",
@@ -52,11 +53,11 @@ NOBODY = "-"
 OTHER = "(other)"
 #: Characters of free text kept for a label (the table cuts them shorter).
 LABEL_CHARS = 80
+#: Characters of a model's name kept.
+MODEL_CHARS = 60
 #: Task executions remembered per report, to count calls per execution: far more than run at
 #: once. One forgotten and seen again would count as a new execution.
 _EXECUTIONS = 4096
-#: Widths of the table's text columns, at most.
-_WIDTHS = {"model": 28, "agent": 24, "task": 44}
 
 
 @dataclass(frozen=True)
@@ -127,7 +128,8 @@ class _Tally:
     most_calls: int = 0
 
 
-_COUNTS = tuple(f.name for f in fields(_Tally))[4:]
+#: The figures a total adds up: the counts after the labels, but ``most_calls``.
+_SUMMED = tuple(f.name for f in fields(_Tally))[4:-1]
 _OTHER_KEY = (OTHER, OTHER, OTHER)
 
 _SPACE = re.compile(r"\s+")
@@ -166,8 +168,8 @@ class SpendReport:
     """Who spends the budget: the throttled LLM calls made while this report tracks, per
     model, agent role and task (see :class:`SpendRow` for the figures).
 
-    ``with report.track():`` counts the calls made in that block, in this thread and in the
-    threads and tasks started from it (``kickoff_all(report=report)`` does it for you).
+    ``with report.track():`` counts the calls made in that block (``kickoff_all(report=report)``
+    does it for you).
     :meth:`rows` returns the figures, by spend (tokens) first; :meth:`table` (or ``str()``)
     renders them. At most ``max_rows`` rows of their own: calls of any further model, agent
     and task are counted in one "(other)" row. A row whose task made more than ``flag_calls``
@@ -186,7 +188,9 @@ class SpendReport:
 
     @contextmanager
     def track(self) -> Iterator[SpendReport]:
-        """Count the throttled calls made in this block (and the threads and tasks it starts)."""
+        """Count the throttled calls made in this block: in this context, so also in the tasks
+        it starts and in threads started with a copy of it (``kickoff_all``'s, CrewAI's,
+        ``asyncio.to_thread``, LangChain's ``batch``; not a bare ``threading.Thread``)."""
         token = _reports.set((*_reports.get(), self))
         try:
             yield self
@@ -215,7 +219,7 @@ class SpendReport:
 
     def table(self) -> str:
         """The rows as a text table, under a line of totals; flagged rows marked ``!``."""
-        return _render(self)
+        return render(self.rows(), self.total(), self.flag_calls)
 
     def __str__(self) -> str:
         return self.table()
@@ -274,17 +278,11 @@ class SpendReport:
         )
 
 
-_SUMMED = tuple(name for name in _COUNTS if name != "most_calls")
-
-
 @contextmanager
 def track_spend(*, max_rows: int = 30, flag_calls: int = 10) -> Iterator[SpendReport]:
-    """A new :class:`SpendReport`, counting the throttled calls made in this block::
-
-    with crewthrottle.track_spend() as spend:
-        kickoff_all(crews, limiter=limiter)
-    print(spend.table())
-    """
+    """A new :class:`SpendReport` counting the throttled calls made in this block (see
+    :meth:`SpendReport.track`): ``with track_spend() as spend: kickoff_all(crews, ...)``, then
+    ``spend.rows()`` or ``print(spend)``."""
     with SpendReport(max_rows=max_rows, flag_calls=flag_calls).track() as report:
         yield report
 
@@ -317,7 +315,7 @@ def start_call(model: object, who: Callable[[], Who | None]) -> Call | None:
     if not reports:
         return None
     caller = _quietly(who) or _quietly(_fallback.get()) or Who()
-    label = text_label(model if isinstance(model, str) else None, _WIDTHS["model"])
+    label = text_label(model if isinstance(model, str) else None, MODEL_CHARS)
     return Call([(report, report._open(label, caller)) for report in reports])
 
 
@@ -400,77 +398,3 @@ def _split(usage: object) -> tuple[int, int]:
     prompt = _field(usage, "prompt_tokens")
     prompt = prompt or _field(usage, "input_tokens") + _field(usage, "cache_creation_input_tokens")
     return prompt, _field(usage, "completion_tokens") or _field(usage, "output_tokens")
-
-
-# -- the table ---------------------------------------------------------------------------------
-
-_HEADERS = (
-    "model",
-    "agent",
-    "task",
-    "calls",
-    "HTTP",
-    "retries",
-    "429s",
-    "prompt tok",
-    "completion tok",
-    "tokens",
-    "wait s",
-    "calls/task",
-    "max",
-    "",
-)
-
-
-def _cells(row: SpendRow) -> list[str]:
-    per_task = row.calls_per_execution
-    return [
-        _cut(row.model, _WIDTHS["model"]),
-        _cut(row.agent, _WIDTHS["agent"]),
-        _cut(row.task, _WIDTHS["task"]),
-        f"{row.calls:,}",
-        f"{row.requests:,}",
-        f"{row.retries:,}",
-        f"{row.rate_limited:,}",
-        f"{row.prompt_tokens:,}",
-        f"{row.completion_tokens:,}",
-        f"{row.tokens:,}",
-        f"{row.wait:.2f}",
-        NOBODY if per_task is None else f"{per_task:.1f}",
-        f"{row.max_calls_per_execution}" if row.executions else NOBODY,
-        "!" if row.flagged else "",
-    ]
-
-
-def _cut(text: str, width: int) -> str:
-    """``text`` in ``width`` characters, cut at the start of a tag (``#...``) if it has one."""
-    if len(text) <= width:
-        return text
-    head, sep, tag = text.rpartition(" #")
-    if sep and len(tag) < width // 2:
-        return f"{head[: width - len(tag) - 3].rstrip()}… #{tag}"
-    return f"{text[: width - 1].rstrip()}…"
-
-
-def _render(report: SpendReport) -> str:
-    rows, total = report.rows(), report.total()
-    lines = [
-        f"Who spent the budget: {total.calls:,} LLM calls, {total.requests:,} HTTP requests "
-        f"({total.retries:,} retries, {total.rate_limited:,} x 429), {total.tokens:,} tokens, "
-        f"{total.wait:.2f} s waiting for permits"
-    ]
-    table = [list(_HEADERS), *(_cells(row) for row in rows)]
-    widths = [max(len(line[i]) for line in table) for i in range(len(_HEADERS))]
-    for line in table:
-        cells = [
-            cell.ljust(width) if i < 3 else cell.rjust(width)
-            for i, (cell, width) in enumerate(zip(line, widths, strict=True))
-        ]
-        lines.append("  ".join(cells).rstrip())
-    lines.insert(2, "-" * len(lines[1]))
-    if total.flagged:
-        lines.append(
-            f"! a task execution made more than {report.flag_calls} LLM calls "
-            "(max_iter, a tool loop or guardrail retries?)"
-        )
-    return "\n".join(lines)

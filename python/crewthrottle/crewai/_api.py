@@ -153,8 +153,9 @@ def kickoff_all(
         RuntimeError: if called from inside a throttled LLM call of ``limiter``.
         ImportError: CrewAI is not installed, or ``progress`` without rich.
     """
+    spend = _spend_report(report)
     plan, workers, bar = _prepare(crews, inputs, limiter, max_workers, progress)
-    with _reporting(report):
+    with _reporting(spend):
         return run.run_all(plan, workers, return_exceptions, bar)
 
 
@@ -178,20 +179,27 @@ async def akickoff_all(
     executor (``min(32, cpus + 4)`` threads), which so bounds the LLM calls in flight too: give
     the loop a larger executor (``loop.set_default_executor``) to use more concurrency.
     """
+    spend = _spend_report(report)
     plan, workers, bar = _prepare(crews, inputs, limiter, max_workers, progress)
-    with _reporting(report):
+    with _reporting(spend):
         return await run.run_all_async(plan, workers, return_exceptions, bar)
 
 
-@contextmanager
-def _reporting(report: bool | SpendReport) -> Iterator[None]:
-    """Track the crews' spend in ``report`` (a new one for True) and print it at the end."""
+def _spend_report(report: object) -> SpendReport | None:
+    """The report ``report=`` asks for: None (False), a new one (True), or the one given."""
     if not isinstance(report, (bool, SpendReport)):
         raise TypeError(f"report must be a bool or a crewthrottle.SpendReport, got {report!r}")
     if report is False:
+        return None
+    return SpendReport() if report is True else report
+
+
+@contextmanager
+def _reporting(spend: SpendReport | None) -> Iterator[None]:
+    """Track the crews' spend in ``spend``, if any, and print it at the end."""
+    if spend is None:
         yield
         return
-    spend = SpendReport() if report is True else report
     with spend.track():
         try:
             yield
