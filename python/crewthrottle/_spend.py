@@ -30,6 +30,7 @@ from collections.abc import Callable, Hashable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 
+from crewthrottle._integrations import usage_tokens
 from crewthrottle._rate_limit_errors import http_status
 from crewthrottle._spend_table import render
 
@@ -363,8 +364,6 @@ class Try:
 
     def usage(self, usage: object) -> None:
         """The usage a response reported (any shape :func:`usage_tokens` reads)."""
-        from crewthrottle._integrations import usage_tokens
-
         prompt, completion = _split(usage)
         total = usage_tokens(usage)
         self._call._add(
