@@ -24,15 +24,12 @@ with warnings.catch_warnings():
     from crewai import LLM, Agent, Crew, Task
     from langchain_anthropic import ChatAnthropic
 
+from tests._crewai import MARKS
+
 from crewthrottle.crewai import kickoff_all, throttle_llm
 from crewthrottle.langchain import throttle_chat_model
 
-pytestmark = [
-    pytest.mark.filterwarnings("ignore::DeprecationWarning:crewai"),
-    pytest.mark.filterwarnings("ignore::DeprecationWarning:pydantic"),
-    pytest.mark.filterwarnings("ignore::ResourceWarning"),
-    pytest.mark.usefixtures("collect_sdk_clients"),
-]
+pytestmark = MARKS
 
 MODEL = "claude-3-5-haiku-latest"
 WINDOW = 2.0

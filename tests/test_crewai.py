@@ -34,6 +34,8 @@ with warnings.catch_warnings():
     from crewai import LLM, Agent, Crew, Process, Task
     from crewai.llms.base_llm import BaseLLM
 
+from tests._crewai import MARKS
+
 import crewthrottle as ct
 from crewthrottle.crewai import (
     akickoff_all,
@@ -44,14 +46,7 @@ from crewthrottle.crewai import (
 )
 from crewthrottle.testing import FakeProvider
 
-pytestmark = [
-    # CrewAI warns about its own deprecated fields while it runs (function_calling_llm...).
-    pytest.mark.filterwarnings("ignore::DeprecationWarning:crewai"),
-    pytest.mark.filterwarnings("ignore::DeprecationWarning:pydantic"),
-    # CrewAI never closes its SDK clients; their sockets are collected unclosed.
-    pytest.mark.filterwarnings("ignore::ResourceWarning"),
-    pytest.mark.usefixtures("collect_sdk_clients"),
-]
+pytestmark = MARKS
 
 WINDOW = 2.0
 MODEL = "gpt-4o-mini"

@@ -12,16 +12,11 @@ import pytest
 
 pytest.importorskip("crewai", reason="the demo runs real CrewAI: pip install crewthrottle[crewai]")
 
+from tests._crewai import MARKS
+
 from crewthrottle._demo import main
 
-pytestmark = [
-    # CrewAI warns about its own deprecated fields while it runs (function_calling_llm...).
-    pytest.mark.filterwarnings("ignore::DeprecationWarning:crewai"),
-    pytest.mark.filterwarnings("ignore::DeprecationWarning:pydantic"),
-    # CrewAI never closes its SDK clients; their sockets are collected unclosed.
-    pytest.mark.filterwarnings("ignore::ResourceWarning"),
-    pytest.mark.usefixtures("collect_sdk_clients"),
-]
+pytestmark = MARKS
 
 
 def test_demo_runs_all_three_modes_and_writes_a_chart(
@@ -38,6 +33,11 @@ def test_demo_runs_all_three_modes_and_writes_a_chart(
     ours = rows["crewthrottle"]
     # mode, crews ok, failed, unfinished, HTTP requests, 429s, wall, rpm used
     assert ours[1:6] == ["6/6", "0", "0", "6", "0"], out
+    # Who spent the budget, for the mode whose LLMs were throttled (the others' are not seen).
+    assert "[crewthrottle] Who spent the budget: 6 LLM calls, 6 HTTP requests" in out, out
+    assert "[unthrottled]" not in out and "[seed-fix]" not in out
+    (spent,) = [re.split(r"\s{2,}", line) for line in out.splitlines() if line.startswith("gpt-")]
+    assert spent[:7] == ["gpt-4o-mini", "Market analyst", "answer a question", "6", "6", "0", "0"]
     svg = chart.read_text(encoding="utf-8")
     assert svg.startswith("<svg") and svg.count("<text") > 5
     assert re.search(r"crewthrottle: .*6/6 crews ok, 0 x 429", svg)

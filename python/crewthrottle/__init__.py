@@ -30,6 +30,7 @@ from crewthrottle._native import (
 )
 from crewthrottle._native import __version__ as _version
 from crewthrottle._rate_limit_errors import is_rate_limit_error, retry_after
+from crewthrottle._spend import SpendReport, SpendRow, track_spend
 
 #: The version; its one source is Cargo.toml.
 __version__: str = _version
@@ -45,11 +46,14 @@ __all__ = [
     "RedisBackend",
     "RetryBudget",
     "Semaphore",
+    "SpendReport",
+    "SpendRow",
     "TokenBucket",
     "backoff",
     "is_rate_limit_error",
     "retry_after",
     "throttle",
+    "track_spend",
 ]
 
 if hasattr(os, "register_at_fork"):

@@ -20,13 +20,17 @@ import json
 import logging
 import math
 import threading
+import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from crewthrottle import _guard as guard
 from crewthrottle._backoff import Backoff
 from crewthrottle._native import Limiter, Permit
+
+if TYPE_CHECKING:
+    from crewthrottle._spend import Try
 
 __all__ = [
     "DEFAULT_COMPLETION_TOKENS",
@@ -297,9 +301,22 @@ class Attempt:
     :meth:`add_usage` (what the provider reported), :meth:`finish` (end). If the HTTP request
     left without a permit (a seam the integration relies on moved), :meth:`finish` charges it
     afterwards and warns, rather than letting it go uncounted.
+
+    ``spend`` (a :class:`crewthrottle._spend.Try`, when a spend report tracks the call) hears
+    of each request sent (and how long its permit took), the usage, and errors
+    (:meth:`on_error`); integrations that see responses tell it their status.
     """
 
-    __slots__ = ("deadlock_after", "estimator", "limiter", "model", "permit", "tokens", "used")
+    __slots__ = (
+        "deadlock_after",
+        "estimator",
+        "limiter",
+        "model",
+        "permit",
+        "spend",
+        "tokens",
+        "used",
+    )
 
     def __init__(
         self,
@@ -309,6 +326,7 @@ class Attempt:
         model: object = None,
         deadlock_after: float | None = None,
         estimator: TokenEstimator = DEFAULT_ESTIMATOR,
+        spend: Try | None = None,
     ) -> None:
         self.limiter = limiter
         self.tokens = tokens
@@ -317,19 +335,26 @@ class Attempt:
         self.estimator = estimator
         self.permit: Permit | None = None
         self.used: int | None = None  # tokens the provider reported for the current permit
+        self.spend = spend
 
     def take(self) -> None:
         """Take the permit for a request (giving back the one a previous request held)."""
         self._give_back()
+        started = time.monotonic()
         self.permit = guard.acquire(self.limiter, self.tokens, self.deadlock_after)
+        self._sent(started)
 
     async def atake(self) -> None:
         """:meth:`take` for asyncio: waits without blocking the event loop."""
         self._give_back()
+        started = time.monotonic()
         self.permit = await guard.acquire_async(self.limiter, self.tokens, self.deadlock_after)
+        self._sent(started)
 
     def add_usage(self, usage: object) -> None:
         """Count what the provider reported for the request under way."""
+        if self.spend is not None:
+            self.spend.usage(usage)
         tokens = usage_tokens(usage)
         if tokens is not None:
             self.used = tokens if self.used is None else self.used + tokens
@@ -338,15 +363,28 @@ class Attempt:
         """Settle and give back the permit; charge a request that went out without one."""
         if self.permit is None and self.used is not None:
             _warn_unpermitted()
+            started = time.monotonic()
             self.permit = guard.acquire(self.limiter, self.tokens, None)
+            self._sent(started)
         self._give_back()
 
     async def afinish(self) -> None:
         """:meth:`finish` for asyncio: a late charge waits without blocking the event loop."""
         if self.permit is None and self.used is not None:
             _warn_unpermitted()
+            started = time.monotonic()
             self.permit = await guard.acquire_async(self.limiter, self.tokens, None)
+            self._sent(started)
         self._give_back()
+
+    def on_error(self, error: BaseException) -> None:
+        """This attempt failed with ``error`` (for the spend report: a 429?)."""
+        if self.spend is not None:
+            self.spend.error(error)
+
+    def _sent(self, started: float) -> None:
+        if self.spend is not None:
+            self.spend.sent(time.monotonic() - started)
 
     def _give_back(self) -> None:
         permit, self.permit = self.permit, None

@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterator
 from datetime import timezone
 from typing import Any, TypeGuard, TypeVar
 
-__all__ = ["is_rate_limit_error", "retry_after"]
+__all__ = ["http_status", "is_rate_limit_error", "retry_after"]
 
 _T = TypeVar("_T")
 
@@ -160,6 +160,19 @@ def retry_after(exc: BaseException) -> float | None:
                     return wait
         return None
     except Exception:  # documented never to raise: an unreadable exception names no wait
+        return None
+
+
+def http_status(exc: BaseException) -> int | None:
+    """The HTTP status of the first exception in ``exc``'s chain that carries one (a wrapper's
+    own, else its cause's), or ``None``; never raises."""
+    try:
+        for link in _chain(exc):
+            status = _quietly(_own_status, link)
+            if status is not None:
+                return status
+        return None
+    except Exception:  # as above: an unreadable exception has no status
         return None
 
 

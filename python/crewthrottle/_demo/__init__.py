@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from crewthrottle._demo import chart, processes
+from crewthrottle._spend import SpendReport
 from crewthrottle.testing import FakeProvider
 
 MODES = ("unthrottled", "seed-fix", "crewthrottle")
@@ -58,6 +59,7 @@ class Outcome:
     wall: float
     utilisation: float
     series: chart.Series
+    spend: SpendReport
 
 
 def parse(argv: Sequence[str]) -> argparse.Namespace:
@@ -139,6 +141,7 @@ def build_crews(count: int, base_url: str, *, max_retries: int | None = None) ->
             verbose=False,
         )
         task = Task(
+            name="answer a question",
             description=f"Question {i}: name one risk of scaling LLM agents.",
             expected_output="One line.",
             agent=agent,
@@ -288,8 +291,11 @@ def measured(mode: str, args: argparse.Namespace, limits: Limits, prepare: Prepa
         run = prepare(provider.base_url)
         progress = Progress(mode, args.crews, provider, args.quiet)
         chatter = io.StringIO()
+        # Who spent the budget: throttled calls only, so the crewthrottle mode's.
+        spend = SpendReport()
         with progress, contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
-            run(progress.done, progress.started + args.time_limit)
+            with spend.track():
+                run(progress.done, progress.started + args.time_limit)
         wall = time.monotonic() - progress.started
         log = list(provider.log)
     accepted = sum(1 for r in log if r.status < 400)
@@ -310,6 +316,7 @@ def measured(mode: str, args: argparse.Namespace, limits: Limits, prepare: Prepa
         wall=wall,
         utilisation=accepted / allowed,
         series=series,
+        spend=spend,
     )
 
 
@@ -389,6 +396,9 @@ def main(argv: Sequence[str]) -> int:
             outcomes = run_in_processes(args, limits, url)
     print()
     print(table(outcomes, args.crews))
+    for outcome in outcomes:
+        if outcome.spend.rows():
+            print(f"\n[{outcome.mode}] {outcome.spend.table()}")
     path = chart.write(
         args.chart,
         [o.series for o in outcomes],

@@ -5,7 +5,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from crewthrottle import _integrations as shared
@@ -13,6 +14,7 @@ from crewthrottle._backoff import Backoff, backoff
 from crewthrottle._guard import DEFAULT_DEADLOCK_AFTER
 from crewthrottle._integrations import DEFAULT_COMPLETION_TOKENS, EstimateTokens
 from crewthrottle._native import Limiter
+from crewthrottle._spend import SpendReport
 from crewthrottle.crewai import _run as run
 from crewthrottle.crewai._llm import Throttled, Throttling, make_throttled, throttling_of
 
@@ -115,6 +117,7 @@ def kickoff_all(
     max_workers: int | None = None,
     return_exceptions: bool = False,
     progress: bool = False,
+    report: bool | SpendReport = False,
 ) -> list[Any]:
     """Kick off many crews concurrently, on threads, and return their outputs in order.
 
@@ -135,6 +138,13 @@ def kickoff_all(
     failure takes its place in the list. ``progress`` draws a bar with ``rich``
     (``pip install 'crewthrottle[progress]'``; ImportError without it).
 
+    ``report`` prints, when the crews are done (or one failed), who spent the budget: one row
+    per model, agent role and task, with their LLM calls, HTTP requests, retries, 429s,
+    tokens and time spent waiting for permits, most tokens first (see
+    :class:`crewthrottle.SpendReport`). ``report=True`` prints a new report; pass a
+    ``SpendReport`` to have it filled too, and read its :meth:`~SpendReport.rows` after.
+    Only these crews' throttled calls are counted.
+
     Crews with ``stream=True`` are read to the end; their place holds the final output.
 
     Raises:
@@ -143,8 +153,10 @@ def kickoff_all(
         RuntimeError: if called from inside a throttled LLM call of ``limiter``.
         ImportError: CrewAI is not installed, or ``progress`` without rich.
     """
+    spend = _spend_report(report)
     plan, workers, bar = _prepare(crews, inputs, limiter, max_workers, progress)
-    return run.run_all(plan, workers, return_exceptions, bar)
+    with _reporting(spend):
+        return run.run_all(plan, workers, return_exceptions, bar)
 
 
 async def akickoff_all(
@@ -155,18 +167,44 @@ async def akickoff_all(
     max_workers: int | None = None,
     return_exceptions: bool = False,
     progress: bool = False,
+    report: bool | SpendReport = False,
 ) -> list[Any]:
     """:func:`kickoff_all` for asyncio: each crew runs with CrewAI's native ``akickoff``.
 
-    The same arguments and results. A failing crew cancels the others (running ones too) and
-    is raised once they have stopped; cancelling ``akickoff_all`` cancels every crew.
+    The same arguments and results (and ``report``). A failing crew cancels the others
+    (running ones too) and is raised once they have stopped; cancelling ``akickoff_all``
+    cancels every crew.
 
     CrewAI 1.15's ``akickoff`` makes each LLM call on a thread of the event loop's default
     executor (``min(32, cpus + 4)`` threads), which so bounds the LLM calls in flight too: give
     the loop a larger executor (``loop.set_default_executor``) to use more concurrency.
     """
+    spend = _spend_report(report)
     plan, workers, bar = _prepare(crews, inputs, limiter, max_workers, progress)
-    return await run.run_all_async(plan, workers, return_exceptions, bar)
+    with _reporting(spend):
+        return await run.run_all_async(plan, workers, return_exceptions, bar)
+
+
+def _spend_report(report: object) -> SpendReport | None:
+    """The report ``report=`` asks for: None (False), a new one (True), or the one given."""
+    if not isinstance(report, (bool, SpendReport)):
+        raise TypeError(f"report must be a bool or a crewthrottle.SpendReport, got {report!r}")
+    if report is False:
+        return None
+    return SpendReport() if report is True else report
+
+
+@contextmanager
+def _reporting(spend: SpendReport | None) -> Iterator[None]:
+    """Track the crews' spend in ``spend``, if any, and print it at the end."""
+    if spend is None:
+        yield
+        return
+    with spend.track():
+        try:
+            yield
+        finally:
+            print(spend.table(), flush=True)
 
 
 def _prepare(

@@ -15,14 +15,16 @@ import copy
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from crewthrottle import _guard as guard
 from crewthrottle import _integrations as shared
 from crewthrottle import _seams as seams
+from crewthrottle import _spend as spending
 from crewthrottle._backoff import Backoff
 from crewthrottle._native import Limiter
 from crewthrottle.crewai import _sdk as sdk
+from crewthrottle.crewai._who import caller
 
 if TYPE_CHECKING:
     from crewai.llms.base_llm import BaseLLM
@@ -72,9 +74,11 @@ class CrewAttempt(shared.Attempt):
 
     __slots__ = ("deferred", "failed", "is_async", "throttling")
 
-    def __init__(self, owner: Any, throttling: Throttling, tokens: int, is_async: bool) -> None:
+    def __init__(self, owner: Any, call: LogicalCall, is_async: bool) -> None:
+        throttling, tokens, spend = call
         limiter, deadlock_after = throttling.limiter, throttling.deadlock_after
-        super().__init__(limiter, tokens, model=owner, deadlock_after=deadlock_after)
+        tried = None if spend is None else spend.attempt()
+        super().__init__(limiter, tokens, model=owner, deadlock_after=deadlock_after, spend=tried)
         self.throttling = throttling
         self.is_async = is_async
         # The permit waits for the HTTP request where the LLM's clients call our hooks.
@@ -109,6 +113,17 @@ class CrewAttempt(shared.Attempt):
 
     def on_response(self, status: int, headers: Any) -> None:
         """A response's status and headers (the place to learn from them)."""
+        if self.spend is not None:
+            self.spend.response(status)
+
+
+class LogicalCall(NamedTuple):
+    """One logical call of a throttled LLM, for each of its attempts: the throttling, the
+    tokens an attempt reserves, and the call's spend (when a report tracks it)."""
+
+    throttling: Throttling
+    tokens: int
+    spend: spending.Call | None
 
 
 # Throttled LLMs with a call under way in this context: CrewAI's LiteLLM path calls
@@ -131,27 +146,27 @@ class Throttled:
         parent: Any = super()
         if id(self) in _active.get():
             return parent.call(messages, *args, **kwargs)
-        throttling = throttling_of(self)
-        tokens = throttling.tokens_for(messages, self)
-        return throttling.retry.call(self._attempt, throttling, tokens, messages, args, kwargs)
+        call = self._logical_call(messages, args, kwargs)
+        return call.throttling.retry.call(self._attempt, call, messages, args, kwargs)
 
     async def acall(self, messages: Any, *args: Any, **kwargs: Any) -> Any:
         """CrewAI's ``acall``, throttled like :meth:`call`, waiting without blocking the loop."""
         parent: Any = super()
         if id(self) in _active.get():
             return await parent.acall(messages, *args, **kwargs)
+        call = self._logical_call(messages, args, kwargs)
+        return await call.throttling.retry.call(self._aattempt, call, messages, args, kwargs)
+
+    def _logical_call(self, messages: Any, args: Any, kwargs: Any) -> LogicalCall:
         throttling = throttling_of(self)
         tokens = throttling.tokens_for(messages, self)
-        return await throttling.retry.call(
-            self._aattempt, throttling, tokens, messages, args, kwargs
-        )
+        spend = spending.start_call(getattr(self, "model", None), caller(args, kwargs))
+        return LogicalCall(throttling, tokens, spend)
 
-    def _attempt(
-        self, throttling: Throttling, tokens: int, messages: Any, args: Any, kwargs: Any
-    ) -> Any:
+    def _attempt(self, call: LogicalCall, messages: Any, args: Any, kwargs: Any) -> Any:
         parent: Any = super()
-        attempt = CrewAttempt(self, throttling, tokens, is_async=False)
-        with guard.inside(throttling.limiter):
+        attempt = CrewAttempt(self, call, is_async=False)
+        with guard.inside(call.throttling.limiter):
             try:
                 if not attempt.deferred:
                     attempt.take()
@@ -163,12 +178,10 @@ class Throttled:
             finally:
                 attempt.finish()
 
-    async def _aattempt(
-        self, throttling: Throttling, tokens: int, messages: Any, args: Any, kwargs: Any
-    ) -> Any:
+    async def _aattempt(self, call: LogicalCall, messages: Any, args: Any, kwargs: Any) -> Any:
         parent: Any = super()
-        attempt = CrewAttempt(self, throttling, tokens, is_async=True)
-        with guard.inside(throttling.limiter):
+        attempt = CrewAttempt(self, call, is_async=True)
+        with guard.inside(call.throttling.limiter):
             try:
                 if not attempt.deferred:
                     await attempt.atake()
@@ -231,6 +244,7 @@ class Throttled:
 
 def _reraise(attempt: CrewAttempt, error: Exception) -> None:
     """Raise the permit's own failure if that is what ``error`` (the SDK's) wraps."""
+    attempt.on_error(error)
     failed = attempt.unwrapped(error)
     if failed is not error:
         raise failed from error

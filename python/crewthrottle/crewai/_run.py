@@ -13,10 +13,12 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from crewthrottle import _spend as spending
 from crewthrottle._backoff import _note
 from crewthrottle._guard import refuse_if_held
 from crewthrottle._native import Limiter
 from crewthrottle.crewai._llm import Throttled, throttling_of
+from crewthrottle.crewai._who import running_task
 
 if TYPE_CHECKING:
     from crewai import Crew
@@ -210,11 +212,12 @@ def _submit(pool: ThreadPoolExecutor, plan: Plan, job: Job, bar: Bar) -> Future[
 
 def _kickoff(plan: Plan, job: Job) -> Any:
     crew = plan.crew_for(job)
-    output: Any = crew.kickoff(inputs=job.inputs)
-    if crew.stream:  # a streaming crew runs as its output is read: read it all
-        for _ in output:
-            pass
-        return output.result
+    with spending.fallback(running_task(crew)):
+        output: Any = crew.kickoff(inputs=job.inputs)
+        if crew.stream:  # a streaming crew runs as its output is read: read it all
+            for _ in output:
+                pass
+            return output.result
     return output
 
 
@@ -249,11 +252,12 @@ async def run_all_async(plan: Plan, workers: int, return_exceptions: bool, bar: 
 async def _akickoff(plan: Plan, job: Job, slots: asyncio.Semaphore) -> Any:
     async with slots:
         crew = plan.crew_for(job)
-        output: Any = await crew.akickoff(inputs=job.inputs)
-        if crew.stream:
-            async for _ in output:
-                pass
-            return output.result
+        with spending.fallback(running_task(crew)):
+            output: Any = await crew.akickoff(inputs=job.inputs)
+            if crew.stream:
+                async for _ in output:
+                    pass
+                return output.result
         return output
 
 

@@ -17,6 +17,7 @@ from langchain_core.runnables import Runnable, RunnableBinding
 from langchain_core.tools import BaseTool
 
 from crewthrottle import _integrations as shared
+from crewthrottle import _spend as spending
 from crewthrottle._backoff import Backoff, backoff
 from crewthrottle._integrations import DEFAULT_COMPLETION_TOKENS, Attempt, EstimateTokens
 from crewthrottle._native import Limiter
@@ -106,16 +107,19 @@ class ThrottledChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        tokens = self._tokens(messages, stop, kwargs)
+        tokens, spend = self._tokens(messages, stop, kwargs), self._spend()
         call = self._call(self.chat_model._generate, messages, stop, run_manager, kwargs)
 
         def attempt() -> ChatResult:
-            permit = self._attempt(tokens)
-            permit.take()
+            permit = self._attempt(tokens, spend)
             try:
+                permit.take()
                 result: ChatResult = call()
-                permit.add_usage(_result_tokens(result))
+                permit.add_usage(_result_usage(result))
                 return result
+            except Exception as exc:
+                permit.on_error(exc)
+                raise
             finally:
                 permit.finish()
 
@@ -128,16 +132,19 @@ class ThrottledChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        tokens = self._tokens(messages, stop, kwargs)
+        tokens, spend = self._tokens(messages, stop, kwargs), self._spend()
         call = self._call(self.chat_model._agenerate, messages, stop, run_manager, kwargs)
 
         async def attempt() -> ChatResult:
-            permit = self._attempt(tokens)
-            await permit.atake()
+            permit = self._attempt(tokens, spend)
             try:
+                await permit.atake()
                 result: ChatResult = await call()
-                permit.add_usage(_result_tokens(result))
+                permit.add_usage(_result_usage(result))
                 return result
+            except Exception as exc:
+                permit.on_error(exc)
+                raise
             finally:
                 await permit.afinish()
 
@@ -151,18 +158,19 @@ class ThrottledChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        tokens = self._tokens(messages, stop, kwargs)
+        tokens, spend = self._tokens(messages, stop, kwargs), self._spend()
         open_stream = self._call(self.chat_model._stream, messages, stop, run_manager, kwargs)
 
         # One attempt runs until the first chunk: a 429 comes before it and is retried, while
         # an error after it is not (the caller has already seen part of the reply).
         def start() -> tuple[Attempt, Iterator[ChatGenerationChunk], list[ChatGenerationChunk]]:
-            permit = self._attempt(tokens)
+            permit = self._attempt(tokens, spend)
             permit.take()
             try:
                 chunks: Iterator[ChatGenerationChunk] = open_stream()
                 return permit, chunks, list(itertools.islice(chunks, 1))
-            except BaseException:
+            except BaseException as exc:
+                permit.on_error(exc)
                 permit.finish()
                 raise
 
@@ -186,17 +194,18 @@ class ThrottledChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        tokens = self._tokens(messages, stop, kwargs)
+        tokens, spend = self._tokens(messages, stop, kwargs), self._spend()
         open_stream = self._call(self.chat_model._astream, messages, stop, run_manager, kwargs)
 
         async def start() -> tuple[Attempt, AsyncIterator[ChatGenerationChunk], list[Any]]:
-            permit = self._attempt(tokens)
+            permit = self._attempt(tokens, spend)
             await permit.atake()
             try:
                 chunks: AsyncIterator[ChatGenerationChunk] = open_stream()
                 first = await anext(chunks, None)
                 return permit, chunks, [] if first is None else [first]
-            except BaseException:
+            except BaseException as exc:
+                permit.on_error(exc)
                 await permit.afinish()
                 raise
 
@@ -233,8 +242,16 @@ class ThrottledChatModel(BaseChatModel):
             tokens = max(tpm, shared.prompt_tokens(messages, options.get("tools")))
         return tokens
 
-    def _attempt(self, tokens: int) -> Attempt:
-        return Attempt(self.limiter, tokens, model=self.chat_model)
+    def _attempt(self, tokens: int, spend: spending.Call | None) -> Attempt:
+        tried = None if spend is None else spend.attempt()
+        return Attempt(self.limiter, tokens, model=self.chat_model, spend=tried)
+
+    def _spend(self) -> spending.Call | None:
+        """The logical call starting, for the spend report: per model; the agent and task
+        are those of the CrewAI task running, if any (LangChain does not say)."""
+        model = self.chat_model
+        name = getattr(model, "model_name", None) or getattr(model, "model", None)
+        return spending.start_call(name if isinstance(name, str) else model._llm_type, _nobody)
 
     @staticmethod
     def _call(
@@ -330,22 +347,27 @@ def estimate_tokens(
 # -- helpers -------------------------------------------------------------------------------------
 
 
-def _counted(message: BaseMessage) -> list[int]:
-    """The total tokens a message (or chunk) reports, as a list of zero or one."""
+def _nobody() -> None:
+    """A LangChain call names no agent nor task."""
+
+
+def _counted(message: BaseMessage) -> list[tuple[int, dict[str, Any]]]:
+    """The usage a message (or chunk) reports with its total, as a list of zero or one."""
     usage = getattr(message, "usage_metadata", None)
-    total = usage.get("total_tokens") if isinstance(usage, dict) else None
-    return [total] if isinstance(total, int) and not isinstance(total, bool) else []
+    if not isinstance(usage, dict):
+        return []
+    total = usage.get("total_tokens")
+    return [(total, usage)] if isinstance(total, int) and not isinstance(total, bool) else []
 
 
-def _result_tokens(result: ChatResult) -> int | None:
-    """The tokens a reply used: its messages' ``usage_metadata`` (each generation of one
+def _result_usage(result: ChatResult) -> object:
+    """The usage of a reply: its messages' ``usage_metadata`` (each generation of one
     response carries the whole response's usage, so the largest), else ``llm_output``'s."""
-    totals = [t for g in result.generations for t in _counted(g.message)]
-    if totals:
-        return max(totals)
+    usages = [u for g in result.generations for u in _counted(g.message)]
+    if usages:
+        return max(usages, key=lambda counted: counted[0])[1]
     usage = (result.llm_output or {}).get("token_usage")
-    total = usage.get("total_tokens") if isinstance(usage, dict) else None
-    return total if isinstance(total, int) and not isinstance(total, bool) else None
+    return usage if isinstance(usage, dict) else None
 
 
 def _without_sdk_retries(model: BaseChatModel) -> BaseChatModel:

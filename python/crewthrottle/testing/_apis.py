@@ -50,6 +50,10 @@ class Api:
     def prompt_tokens(self, payload: Mapping[str, Any]) -> int:
         raise NotImplementedError
 
+    def prompt_text(self, payload: Mapping[str, Any]) -> str:
+        messages = payload.get("messages")
+        return wire.prompt_text(messages if isinstance(messages, list) else [])
+
     def output_estimate(self, payload: Mapping[str, Any], completion: int) -> int:
         return completion
 
@@ -129,6 +133,11 @@ class Anthropic(Api):
 
     def prompt_tokens(self, payload: Mapping[str, Any]) -> int:
         return claude.prompt_tokens(payload)
+
+    def prompt_text(self, payload: Mapping[str, Any]) -> str:
+        messages = payload.get("messages")
+        listed = messages if isinstance(messages, list) else []
+        return wire.prompt_text(listed, payload.get("system"))
 
     def output_estimate(self, payload: Mapping[str, Any], completion: int) -> int:
         # Anthropic estimates output from max_tokens until the reply's real count is known;

@@ -43,6 +43,13 @@ def prompt_tokens(messages: list[Any]) -> int:
     return max(1, math.ceil(chars / 4))
 
 
+def prompt_text(messages: list[Any], system: object = None) -> str:
+    """The text of a request: ``system`` (Anthropic's), then each message's, one per line."""
+    texts = [message_text(system)] if system is not None else []
+    texts += [message_text(m.get("content")) for m in messages if isinstance(m, dict)]
+    return "\n".join(texts)
+
+
 def completion_tokens(payload: Mapping[str, Any], default: int) -> int:
     """``default``, or the request's ``max_completion_tokens``/``max_tokens`` if smaller."""
     for key in ("max_completion_tokens", "max_tokens"):

@@ -300,13 +300,21 @@ class FakeProvider:
         that keeps at most ``max_concurrent`` requests open is never refused for concurrency.
         """
         model, stream = api.model(payload), payload.get("stream") is True
-        prompt = api.prompt_tokens(payload)
+        prompt, text = api.prompt_tokens(payload), api.prompt_text(payload)
         completion = wire.completion_tokens(payload, self._completion_tokens)
         refusal = self._refused_at_once(api)
         if refusal is not None:
             reason, response = refusal
             self._record(
-                time.monotonic(), response[0], prompt, 0, self.in_flight, reason, model, stream
+                time.monotonic(),
+                response[0],
+                prompt,
+                0,
+                self.in_flight,
+                reason,
+                model,
+                stream,
+                text,
             )
             send(*response)
             return
@@ -321,7 +329,9 @@ class FakeProvider:
         headers = api.headers(decision)
         if not decision.accepted:
             response = api.refusal(headers, decision, model, request)
-            self._record(start, 429, prompt, 0, decision.in_flight, decision.reason, model, stream)
+            self._record(
+                start, 429, prompt, 0, decision.in_flight, decision.reason, model, stream, text
+            )
             send(*response)
             return
         try:
@@ -330,7 +340,9 @@ class FakeProvider:
             response = self._reply(api, headers, payload, model, prompt, completion)
         finally:
             self._admission.release(decision.ticket, completion)
-            self._record(start, 200, prompt, completion, decision.in_flight, None, model, stream)
+            self._record(
+                start, 200, prompt, completion, decision.in_flight, None, model, stream, text
+            )
         send(*response)
 
     def _refused_at_once(self, api: Api) -> tuple[Reason, Response] | None:
@@ -372,9 +384,19 @@ class FakeProvider:
         reason: Reason | None,
         model: str,
         stream: bool,
+        text: str,
     ) -> None:
         record = RequestRecord(
-            start, time.monotonic(), status, prompt, completion, in_flight, reason, model, stream
+            start,
+            time.monotonic(),
+            status,
+            prompt,
+            completion,
+            in_flight,
+            reason,
+            model,
+            stream,
+            text,
         )
         with self._lock:
             self._log.append(record)

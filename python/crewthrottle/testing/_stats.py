@@ -17,7 +17,9 @@ class RequestRecord:
     that counts in its windows), ``end`` when the response was ready to be written (after any
     latency; the request stopped counting as in flight then). ``in_flight`` is
     how many accepted requests were in flight when this one arrived, not counting itself.
-    Rejected requests generate nothing: their ``completion_tokens`` is 0.
+    Rejected requests generate nothing: their ``completion_tokens`` is 0. ``prompt_text`` is
+    the text of the request's messages (and Anthropic's ``system``), one per line, to tell
+    which part of an app sent it.
     """
 
     start: float
@@ -29,6 +31,7 @@ class RequestRecord:
     reason: Reason | None
     model: str
     stream: bool = False
+    prompt_text: str = ""
 
     @property
     def total_tokens(self) -> int:
