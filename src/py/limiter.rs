@@ -6,6 +6,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
+use super::adaptive;
 use super::args;
 use super::errors::AcquireTimeout;
 use super::limiter_shared::{LimiterShared, RetryEvent};
@@ -71,8 +72,8 @@ impl Limiter {
 impl Limiter {
     #[new]
     #[pyo3(
-        signature = (*, max_concurrent = None, rpm = None, tpm = None, window = None, burst = None, margin = None, name = None),
-        text_signature = "(*, max_concurrent=None, rpm=None, tpm=None, window=60.0, burst=None, margin=None, name=None)"
+        signature = (*, max_concurrent = None, rpm = None, tpm = None, window = None, burst = None, margin = None, name = None, adaptive = false),
+        text_signature = "(*, max_concurrent=None, rpm=None, tpm=None, window=60.0, burst=None, margin=None, name=None, adaptive=False)"
     )]
     #[allow(clippy::too_many_arguments)] // the keyword-only Python constructor
     fn new(
@@ -84,6 +85,7 @@ impl Limiter {
         burst: Option<&Bound<'_, PyAny>>,
         margin: Option<&Bound<'_, PyAny>>,
         name: Option<String>,
+        adaptive: bool,
     ) -> PyResult<Self> {
         let window = match window {
             Some(w) if !w.is_none() => args::seconds(w, "window", true)?,
@@ -99,7 +101,8 @@ impl Limiter {
                 .filter(|m| !m.is_none())
                 .map(|m| args::number(m, "margin"))
                 .transpose()?,
-        )?;
+        )?
+        .with_adaptive(adaptive);
         let gate = Gate::new(LimiterBudget::new(config), Clock::monotonic());
         let shared = LimiterShared::new(py, gate, config, name);
         Ok(Limiter {
@@ -236,11 +239,51 @@ impl Limiter {
 
     /// Counts a retry layer's event ("retried", "gave_up", "refused" or "rate_limited") in
     /// `stats()`.
-    fn _count_retry(&self, event: &str) -> PyResult<()> {
+    fn _count_retry(&self, py: Python<'_>, event: &str) -> PyResult<()> {
         let event = RetryEvent::named(event)
             .ok_or_else(|| PyValueError::new_err(format!("unknown retry event {event:?}")))?;
-        self.shared.count_retry(event);
-        Ok(())
+        self.shared.count_retry(py, event)
+    }
+
+    /// Takes in a response's rate-limit headers (any mapping: httpx, requests, a dict; missing
+    /// or malformed values are ignored): limits learned, foreign traffic counted, and with
+    /// `status=429` a rate limit that lowers the rates unless the headers explain it.
+    #[pyo3(signature = (headers, *, status = None))]
+    fn observe(
+        &self,
+        py: Python<'_>,
+        headers: &Bound<'_, PyAny>,
+        status: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let seen = adaptive::observation(headers, status)?;
+        self.shared.observe(py, &seen)
+    }
+
+    /// [`Self::observe`] with the figures already read from the headers.
+    #[pyo3(signature = (requests_limit = None, requests_remaining = None, tokens_limit = None, tokens_remaining = None, *, status = None))]
+    fn _observe(
+        &self,
+        py: Python<'_>,
+        requests_limit: Option<&Bound<'_, PyAny>>,
+        requests_remaining: Option<&Bound<'_, PyAny>>,
+        tokens_limit: Option<&Bound<'_, PyAny>>,
+        tokens_remaining: Option<&Bound<'_, PyAny>>,
+        status: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let figures = adaptive::figures([
+            (requests_limit, "requests_limit"),
+            (requests_remaining, "requests_remaining"),
+            (tokens_limit, "tokens_limit"),
+            (tokens_remaining, "tokens_remaining"),
+        ])?;
+        let seen = adaptive::observed(figures, adaptive::rate_limited(status)?);
+        self.shared.observe(py, &seen)
+    }
+
+    /// Whether limits not given are learned from the provider's rate-limit headers.
+    #[getter]
+    fn adaptive(&self) -> bool {
+        self.shared.config.adaptive
     }
 
     #[getter]
@@ -296,6 +339,7 @@ impl Limiter {
             window,
             burst,
             margin,
+            adaptive,
         } = this.shared.config;
         let (in_flight, waiting) = this
             .gate
@@ -307,9 +351,10 @@ impl Limiter {
             .as_ref()
             .map(|n| format!(" {n:?}"))
             .unwrap_or_default();
+        let adaptive = if adaptive { " adaptive=True" } else { "" };
         Ok(format!(
-            "<{}{name} max_concurrent={} rpm={} tpm={} window={window:?} burst={} margin={margin:?}: \
-             in_flight={in_flight} waiting={waiting}>",
+            "<{}{name} max_concurrent={} rpm={} tpm={} window={window:?} burst={} margin={margin:?}\
+             {adaptive}: in_flight={in_flight} waiting={waiting}>",
             qualified_name(&slf.get_type())?,
             show(max_concurrent),
             show(rpm),

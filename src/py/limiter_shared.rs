@@ -8,7 +8,9 @@ use std::sync::{Arc, Weak};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
+use super::adaptive::{self, AdaptiveFigures};
 use super::stats::WaitSummary;
+use crate::core::adaptive::{Change, Observation};
 use crate::core::clock::Nanos;
 use crate::core::fork::{self, AfterFork, Survivors};
 use crate::core::gate::{Gate, WaitFigures};
@@ -65,8 +67,9 @@ impl RetryCounts {
     }
 }
 
-/// Words of a published snapshot: the limiter's seven, then its waiting figures.
-const WORDS: usize = 7 + WaitSummary::WORDS;
+/// Words of a published snapshot: the limiter's seven, its learning figures, then its
+/// waiting figures.
+const WORDS: usize = 7 + AdaptiveFigures::WORDS + WaitSummary::WORDS;
 /// `None` in a published word.
 const ABSENT: u64 = u64::MAX;
 
@@ -77,6 +80,7 @@ pub struct Figures {
     pub paused_for: f64,
     pub blocked: Option<&'static str>,
     pub waits: WaitSummary,
+    pub adaptive: AdaptiveFigures,
 }
 
 impl Figures {
@@ -90,6 +94,7 @@ impl Figures {
             paused_for,
             blocked: budget.blocked().map(|b| b.name()),
             waits: WaitSummary::of(waits, now),
+            adaptive: AdaptiveFigures::read(budget, now),
         }
     }
 
@@ -104,6 +109,7 @@ impl Figures {
         stats.set_item("tokens_in_window", b.tokens_in_window)?;
         stats.set_item("paused_for", self.paused_for)?;
         stats.set_item("blocked_by", self.blocked)?;
+        self.adaptive.fill(stats)?;
         Ok(())
     }
 
@@ -120,8 +126,9 @@ impl Figures {
             blocked_word(self.blocked),
         ];
         words[..head.len()].copy_from_slice(&head);
-        let waits = self.waits.to_words();
-        words[head.len()..].copy_from_slice(&waits);
+        let learning = head.len() + AdaptiveFigures::WORDS;
+        words[head.len()..learning].copy_from_slice(&self.adaptive.to_words());
+        words[learning..].copy_from_slice(&self.waits.to_words());
         words
     }
 
@@ -139,7 +146,8 @@ impl Figures {
             budget,
             paused_for: f64::from_bits(words[5]),
             blocked: BLOCKED_NAMES.get(words[6] as usize).copied().flatten(),
-            waits: WaitSummary::from_words(&words[7..]),
+            adaptive: AdaptiveFigures::from_words(&words[7..7 + AdaptiveFigures::WORDS]),
+            waits: WaitSummary::from_words(&words[7 + AdaptiveFigures::WORDS..]),
         }
     }
 }
@@ -192,9 +200,33 @@ impl LimiterShared {
         shared
     }
 
-    /// Counts what the retry layer did.
-    pub fn count_retry(&self, event: RetryEvent) {
+    /// Counts what the retry layer did; a rate-limit error lowers the rates unless the
+    /// provider's headers explained it (issue 8).
+    pub fn count_retry(&self, py: Python<'_>, event: RetryEvent) -> PyResult<()> {
         self.retries.count(event);
+        if event != RetryEvent::RateLimited {
+            return Ok(());
+        }
+        let change = self
+            .gate
+            .with_resource(|budget, now| budget.rate_limited(now));
+        self.tell(py, change)
+    }
+
+    /// Takes in a response's rate-limit headers (issue 8).
+    pub fn observe(&self, py: Python<'_>, seen: &Observation) -> PyResult<()> {
+        let change = self
+            .gate
+            .with_resource(|budget, now| budget.observe(seen, now));
+        self.tell(py, change)
+    }
+
+    /// Logs a change of the effective limits (outside the gate's lock).
+    fn tell(&self, py: Python<'_>, change: Option<Change>) -> PyResult<()> {
+        match change {
+            Some(change) => adaptive::log_change(py, self.name.as_deref(), &change),
+            None => Ok(()),
+        }
     }
 
     /// `stats()`: the figures, read under the gate's lock.
