@@ -14,6 +14,9 @@ import importlib.metadata
 import os
 
 from crewthrottle._backoff import Backoff, backoff, throttle
+from crewthrottle._estimated import estimate
+from crewthrottle._estimates import token_estimates
+from crewthrottle._http_hooks import http_hooks
 from crewthrottle._native import (
     AcquireTimeout,
     BoundedSemaphore,
@@ -27,6 +30,7 @@ from crewthrottle._native import (
     _before_fork,
 )
 from crewthrottle._rate_limit_errors import is_rate_limit_error, retry_after
+from crewthrottle._ratelimit_headers import RateLimit, RateLimitHeaders, parse_ratelimit_headers
 
 #: The installed version; its one source is Cargo.toml (maturin copies it into the metadata).
 __version__ = importlib.metadata.version("crewthrottle")
@@ -37,13 +41,19 @@ __all__ = [
     "BoundedSemaphore",
     "Limiter",
     "Permit",
+    "RateLimit",
+    "RateLimitHeaders",
     "RetryBudget",
     "Semaphore",
     "TokenBucket",
     "backoff",
+    "estimate",
+    "http_hooks",
     "is_rate_limit_error",
+    "parse_ratelimit_headers",
     "retry_after",
     "throttle",
+    "token_estimates",
 ]
 
 if hasattr(os, "register_at_fork"):

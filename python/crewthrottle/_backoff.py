@@ -13,11 +13,14 @@ import functools
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, Union
 
 from crewthrottle._callables import is_async, refuse_awaitable
 from crewthrottle._native import Limiter, RetryBudget, _Schedule
-from crewthrottle._rate_limit_errors import is_rate_limit_error, retry_after
+from crewthrottle._rate_limit_errors import is_rate_limit_error, response_headers, retry_after
+
+if TYPE_CHECKING:
+    from crewthrottle._estimated import Estimate
 
 __all__ = ["Backoff", "backoff", "throttle"]
 
@@ -33,7 +36,7 @@ limiter_logger = logging.getLogger("crewthrottle.limiter")
 
 RetryOn = type[BaseException] | tuple[type[BaseException], ...] | Callable[[BaseException], bool]
 OnRetry = Callable[[int, float, BaseException], object]
-Tokens = int | Callable[..., int]
+Tokens = Union[int, Callable[..., int], "Estimate"]
 
 
 def _predicate(retry_on: RetryOn) -> Callable[[BaseException], bool]:
@@ -191,6 +194,11 @@ class Backoff:
     def _next_delay(self, exc: BaseException, tries: int, started: float) -> float | None:
         """The delay before the next try, or None to let ``exc`` propagate (with a note)."""
         if self.limiter is not None and is_rate_limit_error(exc):
+            # What the provider said corrects the limiter's view (issue 8): its headers, then
+            # the 429 itself, which lowers the rates unless those headers explained it.
+            headers = response_headers(exc)
+            if headers is not None:
+                self.limiter.observe(headers, status=429)
             self.limiter._count_retry("rate_limited")
         if not self._retryable(exc):
             return None
@@ -280,35 +288,47 @@ def throttle(
     With ``retry`` (a :func:`backoff` policy), the permit is given back before every retry
     delay, so a retrying call never sits on a concurrency slot while it sleeps, and a
     provider's ``Retry-After`` pauses ``limiter`` for everyone. ``tokens`` is the request's
-    size: an int from 0 to the limiter's ``tpm`` (``ValueError`` otherwise), or a function
-    of the call's arguments returning one.
+    size: an int from 0 to the limiter's ``tpm`` (``ValueError`` otherwise), a function
+    of the call's arguments returning one, or :func:`crewthrottle.estimate` (sized from the
+    call's messages, settled to its result's ``usage``, learned from).
     """
     if not isinstance(limiter, Limiter):
         raise TypeError(f"limiter must be a crewthrottle.Limiter, got {type(limiter).__name__}")
     if retry is not None and not isinstance(retry, Backoff):
         raise TypeError(f"retry must be a crewthrottle.backoff(...), got {type(retry).__name__}")
     policy = retry.with_limiter(limiter) if retry is not None and retry.limiter is None else retry
-    count = _token_counter(tokens, limiter)
+    from crewthrottle._estimated import Estimate, estimated  # (it imports this module)
+
+    if isinstance(tokens, Estimate):
+        wrap = functools.partial(estimated, limiter, tokens)
+    else:
+        wrap = functools.partial(_counted, limiter, _token_counter(tokens, limiter))
 
     def decorate(function: Callable[P, R]) -> Callable[P, R]:
-        if is_async(function):
-
-            @functools.wraps(function)
-            async def attempt_async(*args: Any, **kwargs: Any) -> Any:
-                async with await limiter.acquire_async(count(*args, **kwargs)):
-                    return await function(*args, **kwargs)
-
-            attempt: Callable[P, R] = attempt_async  # type: ignore[assignment]
-        else:
-
-            @functools.wraps(function)
-            def attempt_sync(*args: P.args, **kwargs: P.kwargs) -> R:
-                with limiter.acquire(count(*args, **kwargs)):
-                    result = function(*args, **kwargs)
-                refuse_awaitable(result, function)
-                return result
-
-            attempt = attempt_sync
+        attempt: Callable[P, R] = wrap(function)
         return attempt if policy is None else policy(attempt)
 
     return decorate
+
+
+def _counted(
+    limiter: Limiter, count: Callable[..., int], function: Callable[P, R]
+) -> Callable[P, R]:
+    """``function`` taking a permit of ``count(*args, **kwargs)`` tokens for each call."""
+    if is_async(function):
+
+        @functools.wraps(function)
+        async def attempt_async(*args: Any, **kwargs: Any) -> Any:
+            async with await limiter.acquire_async(count(*args, **kwargs)):
+                return await function(*args, **kwargs)
+
+        return attempt_async  # type: ignore[return-value]
+
+    @functools.wraps(function)
+    def attempt_sync(*args: P.args, **kwargs: P.kwargs) -> R:
+        with limiter.acquire(count(*args, **kwargs)):
+            result = function(*args, **kwargs)
+        refuse_awaitable(result, function)
+        return result
+
+    return attempt_sync

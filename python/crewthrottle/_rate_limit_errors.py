@@ -286,7 +286,7 @@ def _response_json(response: object) -> object:
 
 def _header_wait(exc: BaseException) -> float | None:
     """The wait named by the exception's response headers, in seconds."""
-    lookup = _header_lookup(response_headers(exc))
+    lookup = _header_lookup(_own_headers(exc))
     seconds = named_wait(lookup)
     if seconds is not None:
         return seconds
@@ -295,7 +295,20 @@ def _header_wait(exc: BaseException) -> float | None:
 
 
 def response_headers(exc: BaseException) -> object:
-    """The headers of the exception's ``response`` (or its own ``headers``), or None."""
+    """The headers of the response an exception carries (``exc.response.headers``, else
+    ``exc.headers``), the first found along its ``__cause__``/``__context__`` chain, or None.
+    Never raises."""
+    try:
+        for link in _chain(exc):
+            headers = _quietly(_own_headers, link)
+            if headers is not None:
+                return headers
+    except Exception:  # an unreadable chain carries no headers
+        pass
+    return None
+
+
+def _own_headers(exc: BaseException) -> object:
     response = _attr(exc, "response")
     headers = _attr(response, "headers") if response is not None else None
     return _attr(exc, "headers") if headers is None else headers

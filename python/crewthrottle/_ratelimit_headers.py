@@ -152,4 +152,3 @@ def _until(value: object) -> float | None:
         return None
     wait = when.astimezone(timezone.utc).timestamp() - time.time()
     return max(0.0, wait) if math.isfinite(wait) else None
-

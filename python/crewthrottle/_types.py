@@ -40,6 +40,15 @@ class LimiterStats(WaitStats):
     "pacing", "tpm" or "pause"), ``None`` after a grant. ``retries``, ``give_ups``,
     ``retries_refused`` and ``rate_limit_errors`` are what ``backoff``/``throttle`` did and saw
     through this limiter.
+
+    What the provider taught (issue 8): ``effective_max_concurrent``, ``effective_rpm`` and
+    ``effective_tpm`` are the limits in force (never above the configured ones; None: no
+    limit of that kind); ``limits_reason`` says why they are what they are: "configured",
+    "conservative" (an adaptive limiter before the provider's first rate-limit headers),
+    "headers" (learned from them) or "429" (lowered after a 429 nothing explained,
+    recovering). ``foreign_requests_in_window`` and ``foreign_tokens_in_window`` are the
+    traffic of other clients of the key that the provider's headers revealed, counted in the
+    current window.
     """
 
     in_flight: int
@@ -50,6 +59,12 @@ class LimiterStats(WaitStats):
     tokens_in_window: int | None
     paused_for: float
     blocked_by: str | None
+    effective_max_concurrent: int | None
+    effective_rpm: int | None
+    effective_tpm: int | None
+    limits_reason: str
+    foreign_requests_in_window: int
+    foreign_tokens_in_window: int
     retries: int
     give_ups: int
     retries_refused: int

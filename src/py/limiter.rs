@@ -225,8 +225,10 @@ impl Limiter {
 
     /// Live figures: in_flight, waiting, acquired, timeouts, cancelled, tokens_granted,
     /// tokens_charged, tokens_refunded, requests_in_window, tokens_in_window, paused_for,
-    /// blocked_by, total_wait, max_wait, wait_p50, wait_p90, wait_p99 (seconds), and the
-    /// retry layer's retries, give_ups, retries_refused, rate_limit_errors.
+    /// blocked_by, total_wait, max_wait, wait_p50, wait_p90, wait_p99 (seconds), the limits in
+    /// force (effective_max_concurrent, effective_rpm, effective_tpm, limits_reason,
+    /// foreign_requests_in_window, foreign_tokens_in_window), and the retry layer's retries,
+    /// give_ups, retries_refused, rate_limit_errors.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         self.shared.stats(py)
     }
@@ -259,7 +261,7 @@ impl Limiter {
         self.shared.observe(py, &seen)
     }
 
-    /// [`Self::observe`] with the figures already read from the headers.
+    /// `observe` with the figures already read from the headers.
     #[pyo3(signature = (requests_limit = None, requests_remaining = None, tokens_limit = None, tokens_remaining = None, *, status = None))]
     fn _observe(
         &self,

@@ -54,11 +54,11 @@ class Throttling:
         self.deadlock_after = deadlock_after
         self.litellm_clients: tuple[Any, Any] | None = None  # set by make_throttled
 
-    def tokens_for(self, messages: Any, llm: Any) -> int:
+    def size(self, messages: Any, llm: Any) -> shared.Sizing:
         """The tokens to reserve for a call (see ``_integrations.TokenEstimator``)."""
         if self.estimate is not None:
-            return shared.checked_estimate(self.estimate(messages, llm))
-        return shared.DEFAULT_ESTIMATOR.estimate(messages, model=llm, limiter=self.limiter)
+            return shared.Sizing.given(shared.checked_estimate(self.estimate(messages, llm)))
+        return shared.DEFAULT_ESTIMATOR.size(messages, model=llm, limiter=self.limiter)
 
     def __copy__(self) -> Throttling:
         return self
@@ -72,9 +72,13 @@ class CrewAttempt(shared.Attempt):
 
     __slots__ = ("deferred", "failed", "is_async", "throttling")
 
-    def __init__(self, owner: Any, throttling: Throttling, tokens: int, is_async: bool) -> None:
+    def __init__(
+        self, owner: Any, throttling: Throttling, sizing: shared.Sizing, is_async: bool
+    ) -> None:
         limiter, deadlock_after = throttling.limiter, throttling.deadlock_after
-        super().__init__(limiter, tokens, model=owner, deadlock_after=deadlock_after)
+        super().__init__(
+            limiter, sizing.tokens, model=owner, deadlock_after=deadlock_after, sizing=sizing
+        )
         self.throttling = throttling
         self.is_async = is_async
         # The permit waits for the HTTP request where the LLM's clients call our hooks.
@@ -107,9 +111,6 @@ class CrewAttempt(shared.Attempt):
         """Whether a hooked client or interceptor made for ``key`` serves this attempt."""
         return key is self.throttling
 
-    def on_response(self, status: int, headers: Any) -> None:
-        """A response's status and headers (the place to learn from them)."""
-
 
 # Throttled LLMs with a call under way in this context: CrewAI's LiteLLM path calls
 # ``self.call`` again from inside a call (to retry without ``stop``); that is the same
@@ -132,8 +133,8 @@ class Throttled:
         if id(self) in _active.get():
             return parent.call(messages, *args, **kwargs)
         throttling = throttling_of(self)
-        tokens = throttling.tokens_for(messages, self)
-        return throttling.retry.call(self._attempt, throttling, tokens, messages, args, kwargs)
+        sizing = throttling.size(messages, self)
+        return throttling.retry.call(self._attempt, throttling, sizing, messages, args, kwargs)
 
     async def acall(self, messages: Any, *args: Any, **kwargs: Any) -> Any:
         """CrewAI's ``acall``, throttled like :meth:`call`, waiting without blocking the loop."""
@@ -141,16 +142,16 @@ class Throttled:
         if id(self) in _active.get():
             return await parent.acall(messages, *args, **kwargs)
         throttling = throttling_of(self)
-        tokens = throttling.tokens_for(messages, self)
+        sizing = throttling.size(messages, self)
         return await throttling.retry.call(
-            self._aattempt, throttling, tokens, messages, args, kwargs
+            self._aattempt, throttling, sizing, messages, args, kwargs
         )
 
     def _attempt(
-        self, throttling: Throttling, tokens: int, messages: Any, args: Any, kwargs: Any
+        self, throttling: Throttling, sizing: shared.Sizing, messages: Any, args: Any, kwargs: Any
     ) -> Any:
         parent: Any = super()
-        attempt = CrewAttempt(self, throttling, tokens, is_async=False)
+        attempt = CrewAttempt(self, throttling, sizing, is_async=False)
         with guard.inside(throttling.limiter):
             try:
                 if not attempt.deferred:
@@ -164,10 +165,10 @@ class Throttled:
                 attempt.finish()
 
     async def _aattempt(
-        self, throttling: Throttling, tokens: int, messages: Any, args: Any, kwargs: Any
+        self, throttling: Throttling, sizing: shared.Sizing, messages: Any, args: Any, kwargs: Any
     ) -> Any:
         parent: Any = super()
-        attempt = CrewAttempt(self, throttling, tokens, is_async=True)
+        attempt = CrewAttempt(self, throttling, sizing, is_async=True)
         with guard.inside(throttling.limiter):
             try:
                 if not attempt.deferred:
