@@ -313,3 +313,49 @@ def test_throttle_with_estimate_sizes_settles_and_learns_from_the_sdks_usage() -
     assert stats["tokens_charged"] == 8 * 356 + 130
     with pytest.raises(TypeError, match="model"):
         ct.estimate(model=3)  # type: ignore[arg-type]
+
+
+# -- the retry layer -------------------------------------------------------------------------
+
+
+class Refused(Exception):
+    """Shaped like ``openai.RateLimitError``: a 429 with its response's headers."""
+
+    def __init__(self, headers: dict[str, str]) -> None:
+        super().__init__("Error code: 429 - rate limit reached")
+        self.status_code = 429
+        self.response = httpx.Response(429, headers=headers)
+
+
+def refuse_once(limiter: ct.Limiter, headers: dict[str, str]) -> None:
+    calls: list[int] = []
+
+    @ct.throttle(limiter, retry=ct.backoff(max_tries=2, base=0.0, jitter="none"))
+    def call() -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise Refused(headers)
+
+    with pytest.raises(Refused):  # the retry waits the reset named, longer than allowed
+        call()
+
+
+def test_a_429_whose_window_the_limiter_counts_pauses_nobody_for_the_reset() -> None:
+    headers = {**openai_headers((10, 0), (0, 0)), "x-ratelimit-reset-requests": "50s"}
+    counting = ct.Limiter(rpm=10, window=60.0)
+    refuse_once(counting, headers)
+    stats = counting.stats()
+    assert stats["paused_for"] == 0.0, "its window is full instead"
+    assert stats["foreign_requests_in_window"] == 9  # the provider counted 10, one ours
+    assert counting.try_acquire() is None
+    # A limiter that does not count requests can only pause, as before.
+    blind = ct.Limiter(max_concurrent=4)
+    refuse_once(blind, headers)
+    assert blind.stats()["paused_for"] > 40
+
+
+def test_a_429_with_retry_after_still_pauses_everyone() -> None:
+    headers = {**openai_headers((10, 0), (0, 0)), "retry-after": "45"}
+    limiter = ct.Limiter(rpm=10, window=60.0)
+    refuse_once(limiter, headers)
+    assert limiter.stats()["paused_for"] > 40

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, Union
 from crewthrottle._callables import is_async, refuse_awaitable
 from crewthrottle._native import Limiter, RetryBudget, _Schedule
 from crewthrottle._rate_limit_errors import is_rate_limit_error, response_headers, retry_after
+from crewthrottle._ratelimit_headers import parse_ratelimit_headers
 
 if TYPE_CHECKING:
     from crewthrottle._estimated import Estimate
@@ -193,23 +194,26 @@ class Backoff:
 
     def _next_delay(self, exc: BaseException, tries: int, started: float) -> float | None:
         """The delay before the next try, or None to let ``exc`` propagate (with a note)."""
+        counted = False
         if self.limiter is not None and is_rate_limit_error(exc):
-            # What the provider said corrects the limiter's view (issue 8): its headers, then
-            # the 429 itself, which lowers the rates unless those headers explained it.
-            headers = response_headers(exc)
-            if headers is not None:
-                self.limiter.observe(headers, status=429)
-            self.limiter._count_retry("rate_limited")
+            counted = _tell_limiter(self.limiter, exc)
         if not self._retryable(exc):
             return None
         wait = retry_after(exc) if self.respect_retry_after else None
-        if self.limiter is not None and wait:
+        if counted:
+            # The limiter counts the provider's window itself now: only a wait the provider
+            # named outright (Retry-After) pauses everyone, not the time until its window
+            # is whole again (x-ratelimit-reset-*), which would idle the whole budget.
+            pause = _named_wait(exc)
+        else:
+            pause = wait
+        if self.limiter is not None and pause:
             # Everyone sharing the limit holds off, whether or not this call retries — for at
             # most the longer of max_delay and the limiter's window: a rate limit resets within
             # its window, so a longer wait (`retry-after: 1e300`, issue 9) is no rate limit the
             # limiter models, and must not stop it for years.
             ceiling = max(self._schedule.max_delay, self.limiter.window)
-            _pause(self.limiter, min(wait, ceiling), exc)
+            _pause(self.limiter, min(pause, ceiling), exc)
         elapsed = time.monotonic() - started
         delay, reason = self._schedule.next(tries, elapsed, wait)
         if delay is None:
@@ -244,6 +248,26 @@ class Backoff:
             f"<crewthrottle.Backoff max_tries={s.max_tries} base={s.base} factor={s.factor} "
             f"max_delay={s.max_delay} max_time={s.max_time} jitter={s.jitter!r}>"
         )
+
+
+def _tell_limiter(limiter: Limiter, exc: BaseException) -> bool:
+    """Hand ``limiter`` what a rate-limit error says (issue 8): its response's rate-limit
+    headers, then the 429 itself, which lowers the rates unless the headers explained it.
+    Returns whether the headers gave figures for a limit ``limiter`` counts in its windows."""
+    headers = response_headers(exc)
+    if headers is not None:
+        limiter.observe(headers, status=429)
+    limiter._count_retry("rate_limited")
+    parsed = parse_ratelimit_headers(headers)
+    stats = limiter.stats()
+    counts = (stats["effective_rpm"] is not None, stats["effective_tpm"] is not None)
+    reported = (parsed.requests.used is not None, parsed.limiting_tokens.used is not None)
+    return any(r and c for r, c in zip(reported, counts, strict=True))
+
+
+def _named_wait(exc: BaseException) -> float | None:
+    """The ``retry-after-ms``/``retry-after`` the exception's response carries, if any."""
+    return parse_ratelimit_headers(response_headers(exc)).retry_after
 
 
 def _who(limiter: Limiter | None) -> str:
