@@ -12,9 +12,12 @@
 //!   flight and one per second until the first response with limits arrives (or
 //!   [`SILENT_RESPONSES`] responses without any: that provider sends none).
 //! - **Foreign traffic.** `limit - remaining` is what the provider counted in its window. What
-//!   it counted beyond our own window's count is someone else's traffic on the key; it is
-//!   recorded in our window at once (so it expires with it), minus the share of the provider's
-//!   limit the user left to others by configuring a lower one.
+//!   it counted beyond our own window's count is someone else's traffic on the key (less the
+//!   share of the provider's limit the user left to others by configuring a lower one). Our
+//!   own traffic keeps within the limit less that: the most seen in the responses of the last
+//!   window, kept until newer responses say otherwise. A level rather than entries that
+//!   expire: the other client goes on sending, and entries recorded when it was seen would all
+//!   leave the window at once, a window later, leaving its share open to us for a moment.
 //! - **AIMD.** A 429 that no header explains (no foreign traffic found) lowers the rate limits
 //!   to 70% (the multiplicative decrease of the AWS SDKs' adaptive retry mode, CUBIC's beta),
 //!   at most once per tenth of a window (the other requests in flight were sent at the old
@@ -25,7 +28,7 @@
 //! ([`Summary`]), so a shared store can carry it.
 
 use super::clock::Nanos;
-use super::sliding_window::{SlidingWindow, MAX_AMOUNT};
+use super::sliding_window::MAX_AMOUNT;
 
 /// The AIMD factor when nothing was lowered, in thousandths.
 pub const FULL: u32 = 1000;
@@ -124,22 +127,13 @@ pub struct Observation {
     pub rate_limited: bool,
 }
 
-/// What the limiter's windows count now, foreign traffic included (`None`: no window).
+/// What the limiter's windows count of its own traffic now (`None`: no window).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counted {
     /// Requests in the requests window.
     pub requests: Option<u64>,
     /// Tokens in the tokens window.
     pub tokens: Option<u64>,
-}
-
-/// Foreign traffic to record in the windows now.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Foreign {
-    /// Requests.
-    pub requests: u64,
-    /// Tokens.
-    pub tokens: u64,
 }
 
 /// A change of the effective limits worth one log line.
@@ -162,9 +156,9 @@ pub struct Summary {
     pub factor: u32,
     /// Still in the conservative start.
     pub discovering: bool,
-    /// Foreign requests counted in the current window.
+    /// Other clients' requests in the provider's window, as last seen.
     pub foreign_requests: u64,
-    /// Foreign tokens counted in the current window.
+    /// Other clients' tokens in the provider's window, as last seen.
     pub foreign_tokens: u64,
 }
 
@@ -212,18 +206,17 @@ pub struct Adaptive {
     last_event: Option<u64>,
     /// The last additive step (or decrease).
     last_step: u64,
-    /// Foreign traffic recorded, per kind (requests, tokens), expiring as the windows do.
-    foreign: [SlidingWindow; 2],
+    /// Other clients' traffic per kind (requests, tokens).
+    foreign: [ForeignLevel; 2],
     effective: Limits,
     logged: (Limits, Reason),
 }
 
 impl Adaptive {
     /// The state of a limiter configured with `configured`, learning the limits it lacks when
-    /// `learn`, over `window_ns` (a start counted for `counted_ns`).
-    pub fn new(configured: Limits, learn: bool, window_ns: u64, counted_ns: u64) -> Self {
+    /// `learn`, over `window_ns`.
+    pub fn new(configured: Limits, learn: bool, window_ns: u64) -> Self {
         let discovering = learn && (configured.rpm.is_none() || configured.tpm.is_none());
-        let foreign = || SlidingWindow::new(MAX_AMOUNT, counted_ns);
         let mut state = Adaptive {
             configured,
             learn,
@@ -234,7 +227,7 @@ impl Adaptive {
             factor: FULL,
             last_event: None,
             last_step: 0,
-            foreign: [foreign(), foreign()],
+            foreign: Default::default(),
             effective: configured,
             logged: (configured, Reason::Configured),
         };
@@ -266,9 +259,20 @@ impl Adaptive {
         }
     }
 
-    /// Foreign (requests, tokens) counted in the window ending at `now`.
-    pub fn foreign_in_window(&mut self, now: Nanos) -> (u64, u64) {
-        (self.foreign[0].used(now), self.foreign[1].used(now))
+    /// Other clients' (requests, tokens) in the provider's window, as last seen.
+    pub fn foreign(&self) -> (u64, u64) {
+        (self.foreign[0].level(), self.foreign[1].level())
+    }
+
+    /// The (rpm, tpm) our own traffic keeps within: the effective rate limits less other
+    /// clients' traffic, at least 1.
+    pub fn own_limits(&self) -> (Option<u64>, Option<u64>) {
+        let (requests, tokens) = self.foreign();
+        let less = |limit: Option<u64>, theirs: u64| limit.map(|l| l.saturating_sub(theirs).max(1));
+        (
+            less(self.effective.rpm, requests),
+            less(self.effective.tpm, tokens),
+        )
     }
 
     /// Adds back what time without an unexplained 429 earned. True if the limits changed.
@@ -285,23 +289,19 @@ impl Adaptive {
         self.refresh()
     }
 
-    /// Takes in one response's headers, given what the windows count now; returns the foreign
-    /// traffic to record in them.
-    pub fn observe(&mut self, seen: &Observation, counted: Counted, now: Nanos) -> Foreign {
+    /// Takes in one response's headers, given what the windows count of our own traffic now.
+    pub fn observe(&mut self, seen: &Observation, counted: Counted, now: Nanos) {
         self.learn_limits(seen);
-        let foreign = Foreign {
-            requests: self.foreign_excess(0, seen.requests, counted.requests, now),
-            tokens: self.foreign_excess(1, seen.tokens, counted.tokens, now),
-        };
+        let more_requests = self.see_foreign(0, seen.requests, counted.requests, now);
+        let more_tokens = self.see_foreign(1, seen.tokens, counted.tokens, now);
         if seen.rate_limited {
-            if foreign == Foreign::default() {
+            if !(more_requests || more_tokens) {
                 self.rate_limited(now);
             } else if !self.cooling(now) {
-                self.last_event = Some(now.as_u64()); // explained: the windows now know
+                self.last_event = Some(now.as_u64()); // explained: the limits now know
             }
         }
         self.refresh();
-        foreign
     }
 
     /// A 429 nothing explained (the retry layer's count, or a response without the figures):
@@ -338,8 +338,8 @@ impl Adaptive {
     }
 
     /// The state as a handful of numbers (see [`Summary`]).
-    pub fn summary(&mut self, now: Nanos) -> Summary {
-        let (foreign_requests, foreign_tokens) = self.foreign_in_window(now);
+    pub fn summary(&self) -> Summary {
+        let (foreign_requests, foreign_tokens) = self.foreign();
         Summary {
             learned_rpm: self.learned.rpm,
             learned_tpm: self.learned.tpm,
@@ -351,9 +351,9 @@ impl Adaptive {
     }
 
     /// Takes on what another process of the same budget learned: its limits, its factor (the
-    /// lower wins), the end of its conservative start, and its foreign traffic beyond ours,
-    /// which is returned to record in the windows.
-    pub fn adopt(&mut self, other: &Summary, now: Nanos) -> Foreign {
+    /// lower wins), the end of its conservative start, and the other clients' traffic it saw
+    /// (the higher wins).
+    pub fn adopt(&mut self, other: &Summary, now: Nanos) {
         let learned = Limits {
             max_concurrent: None,
             rpm: other
@@ -367,17 +367,10 @@ impl Adaptive {
         self.learned.tpm = learned.tpm.or(self.learned.tpm);
         self.factor = self.factor.min(other.factor.clamp(MIN_FACTOR, FULL));
         self.discovering &= other.discovering;
-        let mine = self.foreign_in_window(now);
-        let foreign = Foreign {
-            requests: other
-                .foreign_requests
-                .min(MAX_AMOUNT)
-                .saturating_sub(mine.0),
-            tokens: other.foreign_tokens.min(MAX_AMOUNT).saturating_sub(mine.1),
-        };
-        self.record_foreign(foreign, now);
+        let slot = self.slot(now);
+        self.foreign[0].see(other.foreign_requests.min(MAX_AMOUNT), slot);
+        self.foreign[1].see(other.foreign_tokens.min(MAX_AMOUNT), slot);
         self.refresh();
-        foreign
     }
 
     fn learn_limits(&mut self, seen: &Observation) {
@@ -405,37 +398,35 @@ impl Adaptive {
         self.learn || configured.is_some()
     }
 
-    /// Foreign traffic of one kind (0: requests, 1: tokens) to record now.
-    fn foreign_excess(
+    /// Takes in other clients' traffic of one kind (0: requests, 1: tokens); true if more
+    /// than the level known so far.
+    fn see_foreign(
         &mut self,
         kind: usize,
         reported: Reported,
         counted: Option<u64>,
         now: Nanos,
-    ) -> u64 {
-        let (Some(used), Some(limit), Some(counted)) = (reported.used(), reported.limit, counted)
+    ) -> bool {
+        let (Some(used), Some(limit), Some(own)) = (reported.used(), reported.limit, counted)
         else {
-            return 0;
+            return false;
         };
-        let recorded = self.foreign[kind].used(now);
-        let own = counted.saturating_sub(recorded);
         // Left to others by configuring less than the provider allows: theirs to use.
         let configured = [self.configured.rpm, self.configured.tpm][kind];
         let slack = configured.map_or(0, |c| limit.saturating_sub(c));
-        let target = used.saturating_sub(own).saturating_sub(slack);
-        let add = target.saturating_sub(recorded).min(MAX_AMOUNT);
-        if add > 0 {
-            self.foreign[kind].record(add, now);
-        }
-        add
+        let theirs = used
+            .saturating_sub(own)
+            .saturating_sub(slack)
+            .min(MAX_AMOUNT);
+        let before = self.foreign[kind].level();
+        let slot = self.slot(now);
+        self.foreign[kind].see(theirs, slot);
+        theirs > before
     }
 
-    fn record_foreign(&mut self, foreign: Foreign, now: Nanos) {
-        for (kind, amount) in [foreign.requests, foreign.tokens].into_iter().enumerate() {
-            if amount > 0 {
-                self.foreign[kind].record(amount, now);
-            }
-        }
+    /// The slot of `now` for the foreign levels: a step (a tenth of a window).
+    fn slot(&self, now: Nanos) -> u64 {
+        now.as_u64() / self.step_ns()
     }
 
     fn cooling(&self, now: Nanos) -> bool {
@@ -474,6 +465,39 @@ impl Adaptive {
         let changed = limits != self.effective;
         self.effective = limits;
         changed
+    }
+}
+
+/// Slots (of a tenth of a window) a foreign level remembers: a window, so that it holds the
+/// most the other client had in any window lately, not a passing low.
+const SLOTS: u64 = STEPS_PER_WINDOW;
+
+/// Other clients' traffic of one kind: the most seen in each of the last [`SLOTS`] slots up
+/// to the latest one something was seen in. Only an observation moves it on, so a level stays
+/// while no response comes (while we send nothing) rather than fade into a burst when we
+/// start again.
+#[derive(Debug, Clone, Copy, Default)]
+struct ForeignLevel {
+    latest: Option<u64>,
+    most: [u64; SLOTS as usize],
+}
+
+impl ForeignLevel {
+    fn level(&self) -> u64 {
+        self.most.iter().copied().max().unwrap_or(0)
+    }
+
+    fn see(&mut self, amount: u64, slot: u64) {
+        let latest = self
+            .latest
+            .map_or(slot, |latest| latest.max(slot.saturating_sub(SLOTS)));
+        for passed in latest.saturating_add(1)..=slot {
+            self.most[(passed % SLOTS) as usize] = 0;
+        }
+        let slot = slot.max(latest);
+        self.latest = Some(slot);
+        let most = &mut self.most[(slot % SLOTS) as usize];
+        *most = (*most).max(amount);
     }
 }
 

@@ -119,12 +119,7 @@ impl LimiterBudget {
             requests,
             pacer: config.pacer(),
             tokens,
-            adaptive: Adaptive::new(
-                config.limits(),
-                config.adaptive,
-                config.window_ns(),
-                config.counted_ns(),
-            ),
+            adaptive: Adaptive::new(config.limits(), config.adaptive, config.window_ns()),
             config,
             in_flight: 0,
             paused_until: Nanos::new(0),
@@ -209,26 +204,18 @@ impl LimiterBudget {
     }
 
     /// The learning state (effective limits, reason, foreign traffic).
-    pub fn adaptive(&mut self) -> &mut Adaptive {
-        &mut self.adaptive
+    pub fn adaptive(&self) -> &Adaptive {
+        &self.adaptive
     }
 
-    /// Takes in one response's rate-limit headers: learned limits, foreign traffic recorded
-    /// in the windows. Returns the change of limits worth a log line, if any.
+    /// Takes in one response's rate-limit headers: limits learned, other clients' traffic
+    /// left room for. Returns the change of limits worth a log line, if any.
     pub fn observe(&mut self, seen: &Observation, now: Nanos) -> Option<Change> {
         let counted = Counted {
             requests: self.requests.as_mut().map(|w| w.used(now)),
             tokens: self.tokens.as_mut().map(|w| w.used(now)),
         };
-        let foreign = self.adaptive.observe(seen, counted, now);
-        for (window, amount) in [
-            (&mut self.requests, foreign.requests),
-            (&mut self.tokens, foreign.tokens),
-        ] {
-            if let Some(window) = window.as_mut().filter(|_| amount > 0) {
-                window.record(amount, now);
-            }
-        }
+        self.adaptive.observe(seen, counted, now);
         self.apply_limits();
         self.adaptive.take_change()
     }
@@ -241,18 +228,16 @@ impl LimiterBudget {
         self.adaptive.take_change()
     }
 
-    /// Puts the effective limits in force: window limits and pacing.
+    /// Puts the effective limits, less other clients' traffic, in force: window limits and
+    /// pacing (our share, spread evenly).
     fn apply_limits(&mut self) {
-        let limits = self.adaptive.effective();
-        for (window, limit) in [
-            (&mut self.requests, limits.rpm),
-            (&mut self.tokens, limits.tpm),
-        ] {
+        let (rpm, tpm) = self.adaptive.own_limits();
+        for (window, limit) in [(&mut self.requests, rpm), (&mut self.tokens, tpm)] {
             if let Some(window) = window {
                 window.set_limit(limit.unwrap_or(MAX_AMOUNT));
             }
         }
-        self.pacer = match (limits.rpm, self.pacer.take()) {
+        self.pacer = match (rpm, self.pacer.take()) {
             (None, _) => None,
             (Some(rpm), pacer) => {
                 let (interval, burst) = self.config.pacing_for(rpm);
@@ -456,10 +441,9 @@ impl Resource for LimiterBudget {
             let (requests, tokens) = windows(&self.config);
             std::mem::forget(std::mem::replace(&mut self.requests, requests));
             std::mem::forget(std::mem::replace(&mut self.tokens, tokens));
-            // Its foreign-traffic windows too: the child learns again from a careful start.
+            // What it learned may be half-written too (plain numbers): learn again.
             let c = &self.config;
-            let fresh = Adaptive::new(c.limits(), c.adaptive, c.window_ns(), c.counted_ns());
-            std::mem::forget(std::mem::replace(&mut self.adaptive, fresh));
+            self.adaptive = Adaptive::new(c.limits(), c.adaptive, c.window_ns());
             self.apply_limits();
         }
     }

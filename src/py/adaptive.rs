@@ -9,7 +9,6 @@ use pyo3::types::{PyBool, PyDict, PyInt};
 
 use super::args;
 use crate::core::adaptive::{Change, Limits, Observation, Reason, Reported};
-use crate::core::clock::Nanos;
 use crate::core::limiter::LimiterBudget;
 
 /// `None` in a published word.
@@ -130,12 +129,12 @@ impl AdaptiveFigures {
     pub const WORDS: usize = 6;
 
     /// Reads them (under the gate's lock).
-    pub fn read(budget: &mut LimiterBudget, now: Nanos) -> Self {
+    pub fn read(budget: &LimiterBudget) -> Self {
         let adaptive = budget.adaptive();
         AdaptiveFigures {
             effective: adaptive.effective(),
             reason: adaptive.reason(),
-            foreign: adaptive.foreign_in_window(now),
+            foreign: adaptive.foreign(),
         }
     }
 

@@ -94,7 +94,7 @@ impl Figures {
             paused_for,
             blocked: budget.blocked().map(|b| b.name()),
             waits: WaitSummary::of(waits, now),
-            adaptive: AdaptiveFigures::read(budget, now),
+            adaptive: AdaptiveFigures::read(budget),
         }
     }
 
