@@ -74,6 +74,7 @@ def estimated(limiter: Limiter, sizes: Estimate, function: Callable[..., R]) -> 
         async def attempt_async(*args: Any, **kwargs: Any) -> Any:
             model, sizing = sizes.size(limiter, args, kwargs)
             async with await limiter.acquire_async(sizing.tokens) as permit:
+                DEFAULT_ESTIMATOR.shrink(permit, limiter, model, sizing)
                 result = await function(*args, **kwargs)
                 _settle(limiter, permit, model, sizing, result)
                 return result
@@ -84,6 +85,7 @@ def estimated(limiter: Limiter, sizes: Estimate, function: Callable[..., R]) -> 
     def attempt_sync(*args: Any, **kwargs: Any) -> R:
         model, sizing = sizes.size(limiter, args, kwargs)
         with limiter.acquire(sizing.tokens) as permit:
+            DEFAULT_ESTIMATOR.shrink(permit, limiter, model, sizing)
             result = function(*args, **kwargs)
             refuse_awaitable(result, function)
             _settle(limiter, permit, model, sizing, result)

@@ -259,6 +259,19 @@ class TokenEstimator:
         tokens = self.capped(prompt, budget, limiter, model)
         return Sizing(chars, prompt, budget, cap is not None, tokens)
 
+    def shrink(self, permit: Permit, limiter: Limiter, model: object, sizing: Sizing) -> int:
+        """A granted call's reservation cut to what is known now, before it is sent: a call
+        that waited in the queue was sized before the sizes learned meanwhile. Returns it."""
+        if sizing.capped:
+            return sizing.tokens
+        sizes = self.learned(limiter, model)
+        tpm = limiter.tpm if limiter.tpm is not None else 2**53
+        now = min(sizes.prompt(sizing.chars) + sizes.completion(), tpm)
+        if now >= sizing.tokens:
+            return sizing.tokens
+        permit.settle(now)
+        return now
+
     def learned(self, limiter: Limiter, model: object) -> estimates.Learned:
         """The sizes learned for ``model``'s calls through ``limiter``."""
         name = estimates.model_name(model)
@@ -357,11 +370,17 @@ class Attempt:
         """Take the permit for a request (giving back the one a previous request held)."""
         self._give_back()
         self.permit = guard.acquire(self.limiter, self.tokens, self.deadlock_after)
+        self._shrink()
 
     async def atake(self) -> None:
         """:meth:`take` for asyncio: waits without blocking the event loop."""
         self._give_back()
         self.permit = await guard.acquire_async(self.limiter, self.tokens, self.deadlock_after)
+        self._shrink()
+
+    def _shrink(self) -> None:
+        if self.sizing is not None and self.permit is not None:
+            self.estimator.shrink(self.permit, self.limiter, self.model, self.sizing)
 
     def on_response(self, status: object, headers: object) -> None:
         """A response's status and headers: the limiter learns from its rate-limit headers

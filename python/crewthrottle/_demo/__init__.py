@@ -2,6 +2,10 @@
 with OpenAI-like limits — unthrottled, with the usual fix, and with crewthrottle.
 
 A minute is scaled down to ``--window`` seconds so the whole demo takes about a minute.
+
+``--profile tokens`` and ``--profile shared`` run issue 8's profiles instead (see
+``learning.py``): a tokens-bound workload without ``max_tokens``, and a key shared with an
+unseen client.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from crewthrottle._demo import chart
+from crewthrottle._demo import chart, learning
 from crewthrottle.testing import FakeProvider
 
 MODES = ("unthrottled", "seed-fix", "crewthrottle")
@@ -70,14 +74,22 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
         default=30.0,
         help="seconds a mode may run; crews still retrying then count as unfinished (30)",
     )
-    parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated: {MODES}")
+    parser.add_argument(
+        "--profile",
+        choices=("rpm", "tokens", "shared"),
+        default="rpm",
+        help="rpm: requests bind (default); tokens: tokens bind, no max_tokens; shared: "
+        "another client uses 30%% of the key",
+    )
+    parser.add_argument("--modes", help=f"comma-separated: {MODES} (default: all)")
     parser.add_argument("--chart", type=Path, default=Path("crewthrottle-demo.svg"))
     parser.add_argument("--quiet", action="store_true", help="no live progress")
     args = parser.parse_args(argv)
-    args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    unknown = set(args.modes) - set(MODES)
+    choices = MODES if args.profile == "rpm" else learning.MODES[args.profile]
+    args.modes = [m.strip() for m in (args.modes or ",".join(choices)).split(",") if m.strip()]
+    unknown = set(args.modes) - set(choices)
     if unknown:
-        parser.error(f"unknown mode(s) {sorted(unknown)}; choose from {MODES}")
+        parser.error(f"unknown mode(s) {sorted(unknown)}; choose from {choices}")
     for name in ("crews", "rpm", "tpm", "max_concurrent"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
@@ -100,8 +112,10 @@ def quiet_crewai() -> None:
         logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
-def build_crews(count: int, base_url: str, *, max_retries: int | None = None) -> list[Any]:
-    """The seed's workload: one-agent, one-task crews."""
+def build_crews(
+    count: int, base_url: str, *, max_retries: int | None = None, tasks: int = 1
+) -> list[Any]:
+    """The seed's workload: one-agent crews of ``tasks`` one-line tasks (one by default)."""
     from crewai import LLM, Agent, Crew, Task
 
     crews = []
@@ -115,12 +129,16 @@ def build_crews(count: int, base_url: str, *, max_retries: int | None = None) ->
             llm=llm,
             verbose=False,
         )
-        task = Task(
-            description=f"Question {i}: name one risk of scaling LLM agents.",
-            expected_output="One line.",
-            agent=agent,
-        )
-        crews.append(Crew(agents=[agent], tasks=[task], verbose=False))
+        work = [
+            Task(
+                description=f"Question {i}{'.' + str(k) if k else ''}: name one risk of "
+                "scaling LLM agents.",
+                expected_output="One line.",
+                agent=agent,
+            )
+            for k in range(tasks)
+        ]
+        crews.append(Crew(agents=[agent], tasks=work, verbose=False))
     return crews
 
 
@@ -300,6 +318,8 @@ def main(argv: Sequence[str]) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.profile != "rpm":
+        return learning.main(args, quiet_crewai)
     quiet_crewai()
     limits = Limits(args.rpm, args.tpm, args.max_concurrent, args.window, args.latency)
     print(
