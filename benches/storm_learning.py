@@ -25,6 +25,7 @@ from typing import Any
 
 import openai
 import tenacity
+from _common import aligned_markdown
 
 import crewthrottle as ct
 from crewthrottle.testing import FakeProvider
@@ -199,13 +200,7 @@ def table(profile_name: str, results: list[Result]) -> str:
         )
         for r in results
     ]
-    widths = [max(len(row[i]) for row in [head, *rows]) for i in range(len(head))]
-
-    def line(cells: tuple[str, ...]) -> str:
-        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
-
-    rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    return "\n".join([line(head), rule, *(line(r) for r in rows)])
+    return aligned_markdown(head, rows)
 
 
 def describe(profile_name: str) -> str:

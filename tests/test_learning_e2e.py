@@ -18,36 +18,21 @@ Rust unit tests of src/core/adaptive.rs.
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("CREWAI_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("CREWAI_TRACING_ENABLED", "false")
-os.environ.setdefault("OTEL_SDK_DISABLED", "true")
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-
 import concurrent.futures
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import openai
 import pytest
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")  # CrewAI's own ImportWarnings at import time
-    from crewai import LLM, Agent, Crew, Task
+from _crewai import MARKS
+from crewai import LLM, Agent, Crew, Task
 
 import crewthrottle as ct
 from crewthrottle.crewai import kickoff_all
 from crewthrottle.testing import FakeProvider, _stats
 
-pytestmark = [
-    pytest.mark.filterwarnings("ignore::DeprecationWarning:crewai"),
-    pytest.mark.filterwarnings("ignore::DeprecationWarning:pydantic"),
-    pytest.mark.filterwarnings("ignore::ResourceWarning"),
-    pytest.mark.usefixtures("collect_sdk_clients"),
-]
+pytestmark = MARKS
 
 WINDOW = 2.0
 MODEL = "gpt-4o-mini"

@@ -31,9 +31,10 @@ from crewthrottle._rate_limit_errors import is_rate_limit_error, retry_after
 
 # The SDK's own class for 529; exported at the top level only by newer releases (CrewAI's
 # anthropic extra pins 0.73, where it lives in the exceptions module).
-OverloadedError = getattr(anthropic, "OverloadedError", None) or vars(
-    __import__("anthropic._exceptions", fromlist=["OverloadedError"])
-)["OverloadedError"]
+OverloadedError = (
+    getattr(anthropic, "OverloadedError", None)
+    or vars(__import__("anthropic._exceptions", fromlist=["OverloadedError"]))["OverloadedError"]
+)
 
 # -- the libraries' own exceptions, made as the libraries make them ---------------------------
 
