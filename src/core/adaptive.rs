@@ -145,53 +145,6 @@ pub struct Change {
     pub to: (Limits, Reason),
 }
 
-/// The adaptive state as a handful of numbers, for a store shared by several processes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Summary {
-    /// Requests per window the provider reported.
-    pub learned_rpm: Option<u64>,
-    /// Tokens per window the provider reported.
-    pub learned_tpm: Option<u64>,
-    /// The AIMD factor, in thousandths.
-    pub factor: u32,
-    /// Still in the conservative start.
-    pub discovering: bool,
-    /// Other clients' requests in the provider's window, as last seen.
-    pub foreign_requests: u64,
-    /// Other clients' tokens in the provider's window, as last seen.
-    pub foreign_tokens: u64,
-}
-
-/// `None` in a word of [`Summary::to_words`].
-const ABSENT: u64 = u64::MAX;
-
-impl Summary {
-    /// The summary as six words.
-    pub fn to_words(&self) -> [u64; 6] {
-        [
-            self.learned_rpm.unwrap_or(ABSENT),
-            self.learned_tpm.unwrap_or(ABSENT),
-            u64::from(self.factor),
-            u64::from(self.discovering),
-            self.foreign_requests,
-            self.foreign_tokens,
-        ]
-    }
-
-    /// A summary from [`Self::to_words`]'s words (out-of-range values clamped).
-    pub fn from_words(words: &[u64; 6]) -> Self {
-        let learned = |w: u64| (w != ABSENT).then(|| w.clamp(1, MAX_AMOUNT));
-        Summary {
-            learned_rpm: learned(words[0]),
-            learned_tpm: learned(words[1]),
-            factor: words[2].clamp(u64::from(MIN_FACTOR), u64::from(FULL)) as u32,
-            discovering: words[3] != 0,
-            foreign_requests: words[4].min(MAX_AMOUNT),
-            foreign_tokens: words[5].min(MAX_AMOUNT),
-        }
-    }
-}
-
 /// The learning state of one limiter.
 #[derive(Debug, Clone)]
 pub struct Adaptive {
@@ -468,39 +421,6 @@ impl Adaptive {
     }
 }
 
-/// Slots (of a tenth of a window) a foreign level remembers: a window, so that it holds the
-/// most the other client had in any window lately, not a passing low.
-const SLOTS: u64 = STEPS_PER_WINDOW;
-
-/// Other clients' traffic of one kind: the most seen in each of the last [`SLOTS`] slots up
-/// to the latest one something was seen in. Only an observation moves it on, so a level stays
-/// while no response comes (while we send nothing) rather than fade into a burst when we
-/// start again.
-#[derive(Debug, Clone, Copy, Default)]
-struct ForeignLevel {
-    latest: Option<u64>,
-    most: [u64; SLOTS as usize],
-}
-
-impl ForeignLevel {
-    fn level(&self) -> u64 {
-        self.most.iter().copied().max().unwrap_or(0)
-    }
-
-    fn see(&mut self, amount: u64, slot: u64) {
-        let latest = self
-            .latest
-            .map_or(slot, |latest| latest.max(slot.saturating_sub(SLOTS)));
-        for passed in latest.saturating_add(1)..=slot {
-            self.most[(passed % SLOTS) as usize] = 0;
-        }
-        let slot = slot.max(latest);
-        self.latest = Some(slot);
-        let most = &mut self.most[(slot % SLOTS) as usize];
-        *most = (*most).max(amount);
-    }
-}
-
 /// `limit` times `factor` thousandths, at least 1.
 fn scale(limit: u64, factor: u32) -> u64 {
     let scaled = u128::from(limit) * u128::from(factor) / u128::from(FULL);
@@ -510,6 +430,12 @@ fn scale(limit: u64, factor: u32) -> u64 {
 fn lower(now: Option<u64>, before: Option<u64>) -> bool {
     matches!((now, before), (Some(n), Some(b)) if n < b)
 }
+
+mod foreign;
+mod summary;
+
+use foreign::ForeignLevel;
+pub use summary::Summary;
 
 #[cfg(test)]
 mod tests;
