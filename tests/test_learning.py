@@ -261,7 +261,6 @@ def test_http_hooks_feed_an_openai_clients_responses_to_the_limiter() -> None:
         client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
         client.close()
     assert effective(limiter) == (None, 30, 9_000)
-    # Only LLM calls teach: a model listing has no rate-limit headers.
     with pytest.raises(TypeError, match="asynchronous"):
         ct.http_hooks(limiter, asynchronous="yes")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="Limiter"):
@@ -283,6 +282,25 @@ def test_async_http_hooks_feed_an_async_client() -> None:
         limiter = ct.Limiter(rpm=100)
         asyncio.run(main(provider.base_url, limiter))
     assert effective(limiter) == (None, 40, None)
+
+
+def test_http_hooks_feed_an_anthropic_clients_responses_to_the_limiter() -> None:
+    import anthropic
+
+    with FakeProvider(rpm=50, input_tpm=40_000, output_tpm=8_000, window=10.0) as provider:
+        limiter = ct.Limiter(adaptive=True)
+        http = anthropic.DefaultHttpxClient(event_hooks=ct.http_hooks(limiter))
+        client = anthropic.Anthropic(
+            base_url=provider.url, api_key="fake", max_retries=0, http_client=http
+        )
+        client.messages.create(
+            model="claude-3-5-haiku-latest",
+            max_tokens=100,
+            messages=[{"role": "user", "content": "hi"}],
+        )
+        client.close()
+    # tpm binds to Anthropic's tighter token limit (a limiter's tpm counts input and output).
+    assert effective(limiter) == (None, 50, 8_000)
 
 
 def test_a_response_that_is_no_llm_call_is_left_alone() -> None:
