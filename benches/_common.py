@@ -129,6 +129,17 @@ def render_text(table: Table) -> str:
     return "\n".join(lines)
 
 
+def aligned_markdown(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A Markdown table whose columns line up in plain text too."""
+    widths = [max(len(row[i]) for row in [head, *rows]) for i in range(len(head))]
+
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
+
+    rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(head), rule, *(line(r) for r in rows)])
+
+
 def render_markdown(table: Table) -> str:
     lines = [f"### {table.title}", ""]
     lines += [f"- {n}" for n in table.notes]

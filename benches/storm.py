@@ -18,6 +18,9 @@ Strategies compared:
   limiter shapes traffic to the provider's limit, so 429s should (almost) never happen.
 
 Run: ``.venv/bin/python benches/storm.py [--threads 50] [--calls 4] [--only MODE ...]``.
+
+``--profile tokens shared`` runs issue 8's profiles instead (see ``storm_learning.py``): a
+tokens-bound workload without ``max_tokens``, and a key shared with an unseen client.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from _common import aligned_markdown
 
 import crewthrottle as ct
 
@@ -169,13 +174,7 @@ def table(results: list[Result]) -> str:
         )
         for r in results
     ]
-    widths = [max(len(row[i]) for row in [head, *rows]) for i in range(len(head))]
-
-    def line(cells: tuple[str, ...]) -> str:
-        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
-
-    rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    return "\n".join([line(head), rule, *(line(r) for r in rows)])
+    return aligned_markdown(head, rows)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -183,7 +182,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=50)
     parser.add_argument("--calls", type=int, default=4, help="logical calls per thread")
     parser.add_argument("--only", nargs="+", choices=sorted(MODES), help="modes to run")
+    parser.add_argument(
+        "--profile", nargs="+", choices=("tokens", "shared"), help="issue 8's profiles instead"
+    )
     args = parser.parse_args(argv)
+    if args.profile:
+        return learning_profiles(args.profile)
     modes = args.only or list(MODES)
     print(
         f"{args.threads} threads x {args.calls} logical calls against a provider allowing "
@@ -197,6 +201,20 @@ def main(argv: list[str] | None = None) -> int:
         r = results[-1]
         print(f"  {mode}: {r.seconds:.1f} s", file=sys.stderr, flush=True)
     print(table(results))
+    return 0
+
+
+def learning_profiles(names: list[str]) -> int:
+    import storm_learning as learning
+
+    print(f"Python {sys.version.split()[0]}, crewthrottle {ct.__version__}", flush=True)
+    for name in names:
+        print(f"\n{learning.describe(name)}", flush=True)
+        results = []
+        for mode in learning.modes(name):
+            results.append(learning.run(name, mode))
+            print(f"  {mode}: {results[-1].wall:.1f} s", file=sys.stderr, flush=True)
+        print(learning.table(name, results))
     return 0
 
 

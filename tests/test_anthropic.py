@@ -178,7 +178,8 @@ def test_claudes_huge_default_max_tokens_is_said_once_not_silently_serialised() 
 
 
 def test_native_claude_retries_a_429_once_per_try_with_the_sdk_retries_off() -> None:
-    with FakeProvider(rpm=1, window=60.0, retry_after=True) as provider:
+    # No rate-limit headers: from them the limiter would learn rpm=1 and wait, not retry.
+    with FakeProvider(rpm=1, window=60.0, retry_after=True, ratelimit_headers=False) as provider:
         llm = LLM(model=f"anthropic/{MODEL}", base_url=provider.url, api_key="f", max_tokens=100)
         limiter = ct.Limiter(rpm=100, window=60.0)
         throttled = throttle_llm(llm, limiter, retry=ct.backoff(max_tries=2, max_delay=0.5))

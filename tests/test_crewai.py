@@ -218,7 +218,8 @@ def test_twenty_crews_use_the_limit_without_a_single_429(mode: str) -> None:
 
 @pytest.mark.parametrize("litellm", [False, True], ids=["native", "litellm"])
 def test_a_provider_that_refuses_anyway_costs_at_most_max_tries_per_call(litellm: bool) -> None:
-    """The provider allows a third of what the limiter lets through: 429s, retried, survived."""
+    """The provider allows a third of what the limiter lets through, and sends no rate-limit
+    headers to learn that from: 429s, retried, survived."""
     retry = ct.backoff(max_tries=4, base=0.2)
     logical: Counter[str] = Counter()
 
@@ -226,7 +227,7 @@ def test_a_provider_that_refuses_anyway_costs_at_most_max_tries_per_call(litellm
         logical[llm.model.removeprefix("openai/")] += 1  # once per logical call
         return estimate_tokens(messages, llm)
 
-    with FakeProvider(latency=0.05, **limits(rpm=4)) as provider:
+    with FakeProvider(latency=0.05, ratelimit_headers=False, **limits(rpm=4)) as provider:
         limiter = limiter_for()
         crews = [
             make_crew(

@@ -125,3 +125,25 @@ def test_demo_says_when_it_has_no_redis(
     with pytest.raises(SystemExit):
         main(["--processes", "5", "--crews", "4"])
     assert "--processes must be between 1 and --crews" in capsys.readouterr().err
+
+
+def test_demo_runs_the_learning_profiles(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 8's profiles: tokens bind without max_tokens (a fixed 256-token reservation
+    against the learned one), and a key shared with an unseen client (every mode named)."""
+    argv = ["--profile", "shared", "--modes", "bogus"]
+    with pytest.raises(SystemExit):
+        main(argv)
+    assert "choose from ('seed-fix', 'retries', 'crewthrottle', 'adaptive')" in (
+        capsys.readouterr().err
+    )
+    argv = ["--profile", "tokens", "--crews", "3", "--window", "1.5", "--latency", "0.05"]
+    argv += ["--modes", "fixed-256,crewthrottle", "--chart", str(tmp_path / "t.svg"), "--quiet"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "Profile tokens" in out and "the LLM sets no max_tokens" in out
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line[:1].isalpha()}
+    for mode in ("fixed-256", "crewthrottle"):
+        # mode, crews ok, failed, HTTP requests, 429s, wall, x min, used
+        assert rows[mode][1:5] == ["3/3", "0", "9", "0"], out

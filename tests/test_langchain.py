@@ -275,7 +275,8 @@ def test_wrapper_survives_a_provider_that_429s(http: httpx.Client) -> None:
     # The provider allows half what the limiter lets through: 429s happen, are retried after
     # the wait the provider names (pausing the limiter for every caller), and all succeed.
     calls, max_tries = 15, 8
-    with FakeProvider(rpm=5, window=WINDOW) as provider:
+    # (No rate-limit headers: the limiter would learn the provider's rpm from them at once.)
+    with FakeProvider(rpm=5, window=WINDOW, ratelimit_headers=False) as provider:
         limiter = ct.Limiter(rpm=10, window=WINDOW)
         retry = ct.backoff(max_tries=max_tries, base=0.05, max_delay=2.0)
         # max_retries left at the SDK's default (2): the wrapper switches it off.
@@ -349,7 +350,7 @@ def test_estimate_is_capped_at_tpm(http: httpx.Client) -> None:
 
 def test_throttle_chat_model_checks_its_arguments(http: httpx.Client) -> None:
     with FakeProvider() as provider:
-        model = chat_openai(provider, http)
+        model = chat_openai(provider, http, include_response_headers=True)
         limiter = ct.Limiter(max_concurrent=1)
         with pytest.raises(TypeError, match="chat model"):
             throttle_chat_model("gpt-4o", limiter)  # type: ignore[arg-type]
@@ -360,7 +361,8 @@ def test_throttle_chat_model_checks_its_arguments(http: httpx.Client) -> None:
         with pytest.raises(TypeError, match="callable"):
             throttle_chat_model(model, limiter, estimate_tokens=5)  # type: ignore[arg-type]
         llm = throttle_chat_model(model, limiter)
-        assert isinstance(llm, ThrottledChatModel) and llm.chat_model is model  # retries were 0
+        # Retries 0 and response headers included already: nothing to rebuild.
+        assert isinstance(llm, ThrottledChatModel) and llm.chat_model is model
         assert llm.retry.limiter is limiter
         with pytest.raises(ValueError, match="already throttled"):
             throttle_chat_model(llm, limiter)

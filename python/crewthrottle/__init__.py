@@ -13,6 +13,9 @@ from __future__ import annotations
 import os
 
 from crewthrottle._backoff import Backoff, backoff, throttle
+from crewthrottle._estimated import estimate
+from crewthrottle._estimates import token_estimates
+from crewthrottle._http_hooks import http_hooks
 from crewthrottle._native import (
     AcquireTimeout,
     BackendUnavailable,
@@ -30,6 +33,7 @@ from crewthrottle._native import (
 )
 from crewthrottle._native import __version__ as _version
 from crewthrottle._rate_limit_errors import is_rate_limit_error, retry_after
+from crewthrottle._ratelimit_headers import RateLimit, RateLimitHeaders, parse_ratelimit_headers
 from crewthrottle._spend import SpendReport, SpendRow, track_spend
 
 #: The version; its one source is Cargo.toml.
@@ -43,6 +47,8 @@ __all__ = [
     "Limiter",
     "LimitsConflict",
     "Permit",
+    "RateLimit",
+    "RateLimitHeaders",
     "RedisBackend",
     "RetryBudget",
     "Semaphore",
@@ -50,9 +56,13 @@ __all__ = [
     "SpendRow",
     "TokenBucket",
     "backoff",
+    "estimate",
+    "http_hooks",
     "is_rate_limit_error",
+    "parse_ratelimit_headers",
     "retry_after",
     "throttle",
+    "token_estimates",
     "track_spend",
 ]
 

@@ -13,11 +13,15 @@ import functools
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, Union
 
 from crewthrottle._callables import is_async, refuse_awaitable
 from crewthrottle._native import Limiter, RetryBudget, _Schedule
-from crewthrottle._rate_limit_errors import is_rate_limit_error, retry_after
+from crewthrottle._rate_limit_errors import is_rate_limit_error, response_headers, retry_after
+from crewthrottle._ratelimit_headers import parse_ratelimit_headers
+
+if TYPE_CHECKING:
+    from crewthrottle._estimated import Estimate
 
 __all__ = ["Backoff", "backoff", "throttle"]
 
@@ -33,7 +37,7 @@ limiter_logger = logging.getLogger("crewthrottle.limiter")
 
 RetryOn = type[BaseException] | tuple[type[BaseException], ...] | Callable[[BaseException], bool]
 OnRetry = Callable[[int, float, BaseException], object]
-Tokens = int | Callable[..., int]
+Tokens = Union[int, Callable[..., int], "Estimate"]
 
 
 def _predicate(retry_on: RetryOn) -> Callable[[BaseException], bool]:
@@ -190,18 +194,26 @@ class Backoff:
 
     def _next_delay(self, exc: BaseException, tries: int, started: float) -> float | None:
         """The delay before the next try, or None to let ``exc`` propagate (with a note)."""
+        counted = False
         if self.limiter is not None and is_rate_limit_error(exc):
-            self.limiter._count_retry("rate_limited")
+            counted = _tell_limiter(self.limiter, exc)
         if not self._retryable(exc):
             return None
         wait = retry_after(exc) if self.respect_retry_after else None
-        if self.limiter is not None and wait:
+        if counted:
+            # The limiter counts the provider's window itself now: only a wait the provider
+            # named outright (Retry-After) pauses everyone, not the time until its window
+            # is whole again (x-ratelimit-reset-*), which would idle the whole budget.
+            pause = _named_wait(exc)
+        else:
+            pause = wait
+        if self.limiter is not None and pause:
             # Everyone sharing the limit holds off, whether or not this call retries — for at
             # most the longer of max_delay and the limiter's window: a rate limit resets within
             # its window, so a longer wait (`retry-after: 1e300`, issue 9) is no rate limit the
             # limiter models, and must not stop it for years.
             ceiling = max(self._schedule.max_delay, self.limiter.window)
-            _pause(self.limiter, min(wait, ceiling), exc)
+            _pause(self.limiter, min(pause, ceiling), exc)
         elapsed = time.monotonic() - started
         delay, reason = self._schedule.next(tries, elapsed, wait)
         if delay is None:
@@ -236,6 +248,26 @@ class Backoff:
             f"<crewthrottle.Backoff max_tries={s.max_tries} base={s.base} factor={s.factor} "
             f"max_delay={s.max_delay} max_time={s.max_time} jitter={s.jitter!r}>"
         )
+
+
+def _tell_limiter(limiter: Limiter, exc: BaseException) -> bool:
+    """Hand ``limiter`` what a rate-limit error says (issue 8): its response's rate-limit
+    headers, then the 429 itself, which lowers the rates unless the headers explained it.
+    Returns whether the headers gave figures for a limit ``limiter`` counts in its windows."""
+    headers = response_headers(exc)
+    if headers is not None:
+        limiter.observe(headers, status=429)
+    limiter._count_retry("rate_limited")
+    parsed = parse_ratelimit_headers(headers)
+    stats = limiter.stats()
+    counts = (stats["effective_rpm"] is not None, stats["effective_tpm"] is not None)
+    reported = (parsed.requests.used is not None, parsed.limiting_tokens.used is not None)
+    return any(r and c for r, c in zip(reported, counts, strict=True))
+
+
+def _named_wait(exc: BaseException) -> float | None:
+    """The ``retry-after-ms``/``retry-after`` the exception's response carries, if any."""
+    return parse_ratelimit_headers(response_headers(exc)).retry_after
 
 
 def _who(limiter: Limiter | None) -> str:
@@ -280,35 +312,47 @@ def throttle(
     With ``retry`` (a :func:`backoff` policy), the permit is given back before every retry
     delay, so a retrying call never sits on a concurrency slot while it sleeps, and a
     provider's ``Retry-After`` pauses ``limiter`` for everyone. ``tokens`` is the request's
-    size: an int from 0 to the limiter's ``tpm`` (``ValueError`` otherwise), or a function
-    of the call's arguments returning one.
+    size: an int from 0 to the limiter's ``tpm`` (``ValueError`` otherwise), a function
+    of the call's arguments returning one, or :func:`crewthrottle.estimate` (sized from the
+    call's messages, settled to its result's ``usage``, learned from).
     """
     if not isinstance(limiter, Limiter):
         raise TypeError(f"limiter must be a crewthrottle.Limiter, got {type(limiter).__name__}")
     if retry is not None and not isinstance(retry, Backoff):
         raise TypeError(f"retry must be a crewthrottle.backoff(...), got {type(retry).__name__}")
     policy = retry.with_limiter(limiter) if retry is not None and retry.limiter is None else retry
-    count = _token_counter(tokens, limiter)
+    from crewthrottle._estimated import Estimate, estimated  # (it imports this module)
+
+    if isinstance(tokens, Estimate):
+        wrap = functools.partial(estimated, limiter, tokens)
+    else:
+        wrap = functools.partial(_counted, limiter, _token_counter(tokens, limiter))
 
     def decorate(function: Callable[P, R]) -> Callable[P, R]:
-        if is_async(function):
-
-            @functools.wraps(function)
-            async def attempt_async(*args: Any, **kwargs: Any) -> Any:
-                async with await limiter.acquire_async(count(*args, **kwargs)):
-                    return await function(*args, **kwargs)
-
-            attempt: Callable[P, R] = attempt_async  # type: ignore[assignment]
-        else:
-
-            @functools.wraps(function)
-            def attempt_sync(*args: P.args, **kwargs: P.kwargs) -> R:
-                with limiter.acquire(count(*args, **kwargs)):
-                    result = function(*args, **kwargs)
-                refuse_awaitable(result, function)
-                return result
-
-            attempt = attempt_sync
+        attempt: Callable[P, R] = wrap(function)
         return attempt if policy is None else policy(attempt)
 
     return decorate
+
+
+def _counted(
+    limiter: Limiter, count: Callable[..., int], function: Callable[P, R]
+) -> Callable[P, R]:
+    """``function`` taking a permit of ``count(*args, **kwargs)`` tokens for each call."""
+    if is_async(function):
+
+        @functools.wraps(function)
+        async def attempt_async(*args: Any, **kwargs: Any) -> Any:
+            async with await limiter.acquire_async(count(*args, **kwargs)):
+                return await function(*args, **kwargs)
+
+        return attempt_async  # type: ignore[return-value]
+
+    @functools.wraps(function)
+    def attempt_sync(*args: P.args, **kwargs: P.kwargs) -> R:
+        with limiter.acquire(count(*args, **kwargs)):
+            result = function(*args, **kwargs)
+        refuse_awaitable(result, function)
+        return result
+
+    return attempt_sync

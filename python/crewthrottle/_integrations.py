@@ -3,10 +3,12 @@
 - **Arguments**: the checks every public entry point makes (:func:`check_limiter`, ...).
 - **Sizing a call**: :class:`TokenEstimator`, the one place that decides how many tokens a
   call reserves (prompt text at 4 characters a token plus the completion cap the provider
-  itself reserves, capped so that a call can always be granted), and warns when a huge
+  itself reserves, capped so that a call can always be granted; both sizes learned from what
+  the provider reports, see :mod:`crewthrottle._estimates`), and warns when a huge
   ``max_tokens`` turns a token budget into one call per window.
-- **Reading a reply**: :func:`usage_tokens` reads OpenAI's, Anthropic's and LangChain's usage
-  shapes.
+- **Reading a reply**: :func:`usage_tokens` and :func:`usage_parts` read OpenAI's,
+  Anthropic's and LangChain's usage shapes; :meth:`Attempt.on_response` hands a response's
+  rate-limit headers to the limiter.
 - **Retries**: :func:`wire_retry` points a policy at the limiter it pauses.
 - **One call's permit**: :class:`Attempt` takes it (late: just before the HTTP request where
   the integration can see it), settles it to the usage the provider reported and gives it
@@ -25,8 +27,10 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from crewthrottle import _estimates as estimates
 from crewthrottle import _guard as guard
 from crewthrottle._backoff import Backoff
+from crewthrottle._estimates import Sizing, usage_parts, usage_tokens
 from crewthrottle._native import Limiter, Permit
 
 if TYPE_CHECKING:
@@ -38,14 +42,18 @@ __all__ = [
     "MAX_TOKENS_NAMES",
     "Attempt",
     "EstimateTokens",
+    "Sizing",
     "TokenEstimator",
     "check_callable",
     "check_limiter",
     "check_retry",
     "checked_estimate",
     "completion_cap",
+    "is_llm_call",
+    "prompt_chars",
     "prompt_tokens",
     "seconds_or_none",
+    "usage_parts",
     "usage_tokens",
     "warn_large_budget",
     "warn_once",
@@ -70,6 +78,15 @@ MAX_TOKENS_NAMES = (
 
 #: A user's estimator: whatever arguments its integration documents, returning an int.
 EstimateTokens = Callable[..., int]
+
+#: Paths of the requests that are LLM calls (not token counting, model listing, uploads).
+_CALL_PATHS = ("/chat/completions", "/responses", "/messages", "/completions")
+
+
+def is_llm_call(path: str) -> bool:
+    """Whether an HTTP request to ``path`` is an LLM call (OpenAI's or Anthropic's)."""
+    path = path.rstrip("/")
+    return path.endswith(_CALL_PATHS) and not path.endswith("/count_tokens")
 
 
 # -- arguments -----------------------------------------------------------------------------------
@@ -153,9 +170,8 @@ def _message_chars(message: object) -> int:
     return chars
 
 
-def prompt_tokens(messages: object, tools: object = None) -> int:
-    """All message text (and ``tools``' schemas) at 4 characters a token, rounded up, at least
-    1: the rule of thumb OpenAI's and Anthropic's own limiters are documented to follow."""
+def prompt_chars(messages: object, tools: object = None) -> int:
+    """Characters of all message text (and of ``tools``' schemas)."""
     if isinstance(messages, str):
         chars = len(messages)
     elif isinstance(messages, Sequence):
@@ -164,7 +180,13 @@ def prompt_tokens(messages: object, tools: object = None) -> int:
         chars = 0
     if tools:
         chars += len(json.dumps(tools, default=str))
-    return max(1, math.ceil(chars / 4))
+    return chars
+
+
+def prompt_tokens(messages: object, tools: object = None) -> int:
+    """All message text (and ``tools``' schemas) at 4 characters a token, rounded up, at least
+    1: the rule of thumb OpenAI's and Anthropic's own limiters are documented to follow."""
+    return max(1, math.ceil(prompt_chars(messages, tools) / 4))
 
 
 def _positive_int(value: object) -> int | None:
@@ -201,12 +223,15 @@ class TokenEstimator:
     counts the prompt's estimated tokens plus ``max_tokens`` (times ``n``), Anthropic counts
     input tokens and estimates output tokens from ``max_tokens``, both adjusting to the real
     usage afterwards — which :class:`Attempt` does too, by settling. A call that names no
-    cap reserves :data:`DEFAULT_COMPLETION_TOKENS`. A reservation is never larger than the
-    limiter's ``tpm`` (a guess must not make a call impossible); a prompt alone that large is
-    kept, and refused by the limiter.
+    cap reserves the completion size learned for the limiter and model (the 90th percentile of
+    recent settled completions, :mod:`crewthrottle._estimates`), or
+    :data:`DEFAULT_COMPLETION_TOKENS` until enough are known; prompts are sized with the
+    tokens per character learned likewise (4 characters a token until then). A reservation is
+    never larger than the limiter's ``tpm`` (a guess must not make a call impossible); a
+    prompt alone that large is kept, and refused by the limiter.
 
-    A subclass can learn (the sizes of settled completions, characters per token) through
-    :meth:`observe`, which :class:`Attempt` calls with every settled usage.
+    :meth:`learn` takes in what the provider reported; :class:`Attempt` calls it with every
+    settled usage.
     """
 
     def estimate(
@@ -218,11 +243,43 @@ class TokenEstimator:
         options: Mapping[str, Any] | None = None,
     ) -> int:
         """Tokens to reserve for one request of ``messages`` to ``model``."""
+        return self.size(messages, model=model, limiter=limiter, options=options).tokens
+
+    def size(
+        self,
+        messages: object,
+        *,
+        model: object,
+        limiter: Limiter,
+        options: Mapping[str, Any] | None = None,
+    ) -> Sizing:
+        """:meth:`estimate`, with what it was made of (to learn from the call's usage)."""
         options = options or {}
-        prompt = prompt_tokens(messages, options.get("tools"))
+        sizes = self.learned(limiter, model)
+        chars = prompt_chars(messages, options.get("tools"))
+        prompt = sizes.prompt(chars)
         cap = completion_cap(options, model)
-        budget = DEFAULT_COMPLETION_TOKENS if cap is None else cap
-        return self.capped(prompt, budget, limiter, model)
+        budget = sizes.completion() if cap is None else cap
+        tokens = self.capped(prompt, budget, limiter, model)
+        return Sizing(chars, prompt, budget, cap is not None, tokens)
+
+    def shrink(self, permit: Permit, limiter: Limiter, model: object, sizing: Sizing) -> int:
+        """A granted call's reservation cut to what is known now, before it is sent: a call
+        that waited in the queue was sized before the sizes learned meanwhile. Returns it."""
+        if sizing.capped:
+            return sizing.tokens
+        sizes = self.learned(limiter, model)
+        tpm = limiter.tpm if limiter.tpm is not None else 2**53
+        now = min(sizes.prompt(sizing.chars) + sizes.completion(), tpm)
+        if now >= sizing.tokens:
+            return sizing.tokens
+        permit.settle(now)
+        return now
+
+    def learned(self, limiter: Limiter, model: object) -> estimates.Learned:
+        """The sizes learned for ``model``'s calls through ``limiter``."""
+        name = estimates.model_name(model)
+        return estimates.learned(limiter, name, DEFAULT_COMPLETION_TOKENS)
 
     def capped(self, prompt: int, budget: int, limiter: Limiter, model: object) -> int:
         """``prompt + budget``, the budget cut so that the call fits in ``limiter.tpm``; warns
@@ -233,9 +290,16 @@ class TokenEstimator:
         warn_large_budget(model, budget, limiter)
         return prompt + min(budget, tpm - prompt) if prompt <= tpm else prompt
 
-    def observe(self, model: object, reserved: int, used: int) -> None:
-        """A call to ``model`` that reserved ``reserved`` tokens used ``used`` (for learning
-        estimators; the default learns nothing)."""
+    def learn(
+        self,
+        limiter: Limiter,
+        model: object,
+        sizing: Sizing,
+        usage: tuple[int | None, int | None],
+    ) -> None:
+        """A call to ``model`` through ``limiter``, sized as ``sizing``, used ``usage``
+        (prompt and completion tokens, as :func:`usage_parts` reads them)."""
+        self.learned(limiter, model).learn(sizing, *usage)
 
 
 def warn_large_budget(model: object, budget: int, limiter: Limiter) -> None:
@@ -256,36 +320,6 @@ def warn_large_budget(model: object, budget: int, limiter: Limiter) -> None:
 DEFAULT_ESTIMATOR = TokenEstimator()
 
 
-# -- reading a reply ----------------------------------------------------------------------------
-
-
-def _field(usage: object, name: str) -> int | None:
-    value = usage.get(name) if isinstance(usage, Mapping) else getattr(usage, name, None)
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def usage_tokens(usage: object) -> int | None:
-    """Tokens a reply counted, from any usage shape: OpenAI's (``total_tokens``, else prompt
-    plus completion), LangChain's ``usage_metadata`` (``total_tokens``) or Anthropic's (input,
-    cache creation and output tokens; cache reads do not count against Anthropic's limits).
-    None when nothing can be read: the estimate then stands."""
-    if usage is None or isinstance(usage, bool):
-        return None
-    if isinstance(usage, int):
-        return usage
-    total = _field(usage, "total_tokens")
-    if total is not None:
-        return total
-    prompt, completion = _field(usage, "prompt_tokens"), _field(usage, "completion_tokens")
-    if prompt is not None or completion is not None:
-        return (prompt or 0) + (completion or 0)
-    names = ("input_tokens", "cache_creation_input_tokens", "output_tokens")
-    parts = [_field(usage, name) for name in names]
-    if all(part is None for part in parts):
-        return None
-    return sum(part or 0 for part in parts)
-
-
 # -- one call's permit ---------------------------------------------------------------------------
 
 
@@ -298,9 +332,10 @@ class Attempt:
     it, possibly into the next window.
 
     Every throttled LLM call of every integration passes through here: :meth:`take` (start),
-    :meth:`add_usage` (what the provider reported), :meth:`finish` (end). If the HTTP request
-    left without a permit (a seam the integration relies on moved), :meth:`finish` charges it
-    afterwards and warns, rather than letting it go uncounted.
+    :meth:`on_response` (the provider's rate-limit headers), :meth:`add_usage` (what the
+    provider reported), :meth:`finish` (end, settling and learning the call's sizes). If the
+    HTTP request left without a permit (a seam the integration relies on moved),
+    :meth:`finish` charges it afterwards and warns, rather than letting it go uncounted.
 
     ``spend`` (a :class:`crewthrottle._spend.Try`, when a spend report tracks the call) hears
     of each request sent (and how long its permit took), the usage, and errors
@@ -312,7 +347,9 @@ class Attempt:
         "estimator",
         "limiter",
         "model",
+        "parts",
         "permit",
+        "sizing",
         "spend",
         "tokens",
         "used",
@@ -326,6 +363,7 @@ class Attempt:
         model: object = None,
         deadlock_after: float | None = None,
         estimator: TokenEstimator = DEFAULT_ESTIMATOR,
+        sizing: Sizing | None = None,
         spend: Try | None = None,
     ) -> None:
         self.limiter = limiter
@@ -333,8 +371,10 @@ class Attempt:
         self.model = model
         self.deadlock_after = deadlock_after
         self.estimator = estimator
+        self.sizing = sizing  # how ``tokens`` was estimated, to learn from (None: not ours)
         self.permit: Permit | None = None
         self.used: int | None = None  # tokens the provider reported for the current permit
+        self.parts: tuple[int | None, int | None] = (None, None)  # its prompt and completion
         self.spend = spend
 
     def take(self) -> None:
@@ -342,6 +382,7 @@ class Attempt:
         self._give_back()
         started = time.monotonic()
         self.permit = guard.acquire(self.limiter, self.tokens, self.deadlock_after)
+        self._shrink()
         self._sent(started)
 
     async def atake(self) -> None:
@@ -349,7 +390,18 @@ class Attempt:
         self._give_back()
         started = time.monotonic()
         self.permit = await guard.acquire_async(self.limiter, self.tokens, self.deadlock_after)
+        self._shrink()
         self._sent(started)
+
+    def _shrink(self) -> None:
+        if self.sizing is not None and self.permit is not None:
+            self.estimator.shrink(self.permit, self.limiter, self.model, self.sizing)
+
+    def on_response(self, status: object, headers: object) -> None:
+        """A response's status and headers: the limiter learns from its rate-limit headers
+        (a 429 among them lowers the rates unless they explain it)."""
+        code = status if isinstance(status, int) and not isinstance(status, bool) else None
+        self.limiter.observe(headers, status=code)
 
     def add_usage(self, usage: object) -> None:
         """Count what the provider reported for the request under way."""
@@ -358,6 +410,7 @@ class Attempt:
         tokens = usage_tokens(usage)
         if tokens is not None:
             self.used = tokens if self.used is None else self.used + tokens
+            self.parts = _added(self.parts, usage_parts(usage))
 
     def finish(self) -> None:
         """Settle and give back the permit; charge a request that went out without one."""
@@ -391,12 +444,23 @@ class Attempt:
         if permit is None:
             return
         used, self.used = self.used, None
+        parts, self.parts = self.parts, (None, None)
         try:
             if used is not None:
                 permit.settle(used)
-                self.estimator.observe(self.model, self.tokens, used)
+                if self.sizing is not None:
+                    self.estimator.learn(self.limiter, self.model, self.sizing, parts)
         finally:
             guard.release(self.limiter, permit)
+
+
+def _added(
+    known: tuple[int | None, int | None], more: tuple[int | None, int | None]
+) -> tuple[int | None, int | None]:
+    def plus(a: int | None, b: int | None) -> int | None:
+        return b if a is None else a if b is None else a + b
+
+    return plus(known[0], more[0]), plus(known[1], more[1])
 
 
 def _warn_unpermitted() -> None:

@@ -231,7 +231,14 @@ class Limiter:
     ``burst``: ``1 <= burst <= min(rpm, 2**32 - 1)``, only with ``rpm``;
     ``0 <= margin <= window``. ``tokens``: ``0 <= tokens <= tpm`` (``2**64 - 1`` without
     ``tpm``). ``timeout``: None or seconds ``>= 0`` (infinity, or one too long to represent,
-    waits forever)."""
+    waits forever).
+
+    Learning from the provider (:meth:`observe`): its rate-limit headers lower a configured
+    ``rpm``/``tpm`` that is above the provider's (never raise one), reveal other clients'
+    traffic on the key (counted for the rest of the window), and a 429 they do not explain
+    lowers the rates to 70%, recovering over about half a window. With ``adaptive=True``,
+    ``rpm`` and ``tpm`` not given are learned from the first responses; until then one
+    request in flight and one per second."""
 
     def __new__(
         cls,
@@ -244,6 +251,7 @@ class Limiter:
         margin: float | None = None,
         name: str | None = None,
         backend: RedisBackend | None = None,
+        adaptive: bool = False,
     ) -> Self: ...
     @property
     def name(self) -> str | None: ...
@@ -263,6 +271,24 @@ class Limiter:
     @property
     def margin(self) -> float:
         """Extra seconds each start stays counted (default ``window / 200``, at least 0.05)."""
+    @property
+    def adaptive(self) -> bool:
+        """Whether limits not given are learned from the provider's rate-limit headers."""
+    def observe(self, headers: Any, *, status: int | None = None) -> None:
+        """Take in a response's rate-limit headers (OpenAI's ``x-ratelimit-*``, Anthropic's
+        ``anthropic-ratelimit-*``; any mapping; missing or malformed values ignored) and, with
+        ``status=429``, a rate limit that lowers the rates unless the headers explain it.
+        ``TypeError`` for a ``status`` that is not an int."""
+    def _observe(
+        self,
+        requests_limit: int | None = None,
+        requests_remaining: int | None = None,
+        tokens_limit: int | None = None,
+        tokens_remaining: int | None = None,
+        *,
+        status: int | None = None,
+    ) -> None:
+        """``observe`` with the figures already read from the headers."""
     def acquire(self, tokens: int = 0, *, timeout: float | None = None) -> Permit:
         """Wait for a permit for ``tokens`` tokens; ``AcquireTimeout`` after ``timeout`` s."""
     def try_acquire(self, tokens: int = 0) -> Permit | None:

@@ -302,21 +302,41 @@ def _response_json(response: object) -> object:
 
 def _header_wait(exc: BaseException) -> float | None:
     """The wait named by the exception's response headers, in seconds."""
-    response = _attr(exc, "response")
-    headers = _attr(response, "headers") if response is not None else None
-    if headers is None:
-        headers = _attr(exc, "headers")
-    lookup = _header_lookup(headers)
-    millis = _seconds(lookup("retry-after-ms"))
-    if millis is not None:
-        return millis / 1000.0
-    seconds = _seconds(lookup("retry-after"))
-    if seconds is None:
-        seconds = _http_date_wait(lookup("retry-after"))
+    lookup = _header_lookup(_own_headers(exc))
+    seconds = named_wait(lookup)
     if seconds is not None:
         return seconds
     resets = [_duration(lookup(f"x-ratelimit-reset-{kind}")) for kind in ("requests", "tokens")]
     return max((r for r in resets if r is not None), default=None)
+
+
+def response_headers(exc: BaseException) -> object:
+    """The headers of the response an exception carries (``exc.response.headers``, else
+    ``exc.headers``), the first found along its ``__cause__``/``__context__`` chain, or None.
+    Never raises."""
+    try:
+        for link in _chain(exc):
+            headers = _quietly(_own_headers, link)
+            if headers is not None:
+                return headers
+    except Exception:  # an unreadable chain carries no headers
+        pass
+    return None
+
+
+def _own_headers(exc: BaseException) -> object:
+    response = _attr(exc, "response")
+    headers = _attr(response, "headers") if response is not None else None
+    return _attr(exc, "headers") if headers is None else headers
+
+
+def named_wait(lookup: Callable[[str], str | None]) -> float | None:
+    """``retry-after-ms`` (milliseconds), else ``retry-after`` (seconds or an HTTP date)."""
+    millis = _seconds(lookup("retry-after-ms"))
+    if millis is not None:
+        return millis / 1000.0
+    seconds = _seconds(lookup("retry-after"))
+    return _http_date_wait(lookup("retry-after")) if seconds is None else seconds
 
 
 def _header_lookup(headers: object) -> Callable[[str], str | None]:

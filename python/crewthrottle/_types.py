@@ -50,7 +50,17 @@ class LimiterStats(WaitStats):
 
     With a Redis backend the figures are the shared budget's, but for the wait-time
     percentiles and ``max_wait``, which are this process's; ``process_waiting`` and
-    ``process_in_flight`` are this process's own waiters and permits.
+    ``process_in_flight`` are this process's own waiters and permits; its effective limits are
+    the stored ones.
+
+    What the provider taught (issue 8): ``effective_max_concurrent``, ``effective_rpm`` and
+    ``effective_tpm`` are the limits in force (never above the configured ones; None: no
+    limit of that kind); ``limits_reason`` says why they are what they are: "configured",
+    "conservative" (an adaptive limiter before the provider's first rate-limit headers),
+    "headers" (learned from them) or "429" (lowered after a 429 nothing explained,
+    recovering). ``foreign_requests_in_window`` and ``foreign_tokens_in_window`` are the
+    traffic of other clients of the key that the provider's headers revealed, counted in the
+    current window.
     """
 
     in_flight: int
@@ -63,6 +73,12 @@ class LimiterStats(WaitStats):
     blocked_by: str | None
     pacing_hard_for: float | None
     pacing_episodes: int
+    effective_max_concurrent: int | None
+    effective_rpm: int | None
+    effective_tpm: int | None
+    limits_reason: str
+    foreign_requests_in_window: int
+    foreign_tokens_in_window: int
     retries: int
     give_ups: int
     retries_refused: int

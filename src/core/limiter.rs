@@ -16,12 +16,13 @@
 //! [`default_margin`] (0.3 s for a minute), at a cost of `margin / (window + margin)` of the
 //! budget.
 
+use super::adaptive::{Adaptive, Change, Counted, Observation};
 use super::clock::{nanos_of_secs, Nanos};
 use super::error::InvalidArgument;
 use super::gate::pressure::Thresholds;
 use super::gate::{Check, Resource};
 use super::pacer::Pacer;
-use super::sliding_window::{Receipt, SlidingWindow};
+use super::sliding_window::{Receipt, SlidingWindow, MAX_AMOUNT};
 
 mod config;
 
@@ -114,16 +115,19 @@ pub struct LimiterBudget {
     /// Grants held by `with limiter:` blocks. They reserve no tokens and are alike, so the
     /// block's exit releases any one of them (it cannot name its own).
     lent: Vec<LimiterGrant>,
+    /// What the provider taught: the effective limits (issue 8).
+    adaptive: Adaptive,
 }
 
 impl LimiterBudget {
     /// A limiter with nothing in flight and empty windows.
     pub fn new(config: LimiterConfig) -> Self {
-        let window = config.counted_ns();
-        LimiterBudget {
-            requests: config.rpm.map(|rpm| SlidingWindow::new(rpm, window)),
+        let (requests, tokens) = windows(&config);
+        let mut budget = LimiterBudget {
+            requests,
             pacer: config.pacer(),
-            tokens: config.tpm.map(|tpm| SlidingWindow::new(tpm, window)),
+            tokens,
+            adaptive: Adaptive::new(config.limits(), config.adaptive, config.window_ns()),
             config,
             in_flight: 0,
             paused_until: Nanos::new(0),
@@ -132,7 +136,9 @@ impl LimiterBudget {
             tokens_refunded: 0,
             blocked: None,
             lent: Vec::new(),
-        }
+        };
+        budget.apply_limits();
+        budget
     }
 
     /// The configuration.
@@ -200,6 +206,51 @@ impl LimiterBudget {
         (self.paused_until > now).then_some(self.paused_until)
     }
 
+    /// The learning state (effective limits, reason, foreign traffic).
+    pub fn adaptive(&self) -> &Adaptive {
+        &self.adaptive
+    }
+
+    /// Takes in one response's rate-limit headers: limits learned, other clients' traffic
+    /// left room for. Returns the change of limits worth a log line, if any.
+    pub fn observe(&mut self, seen: &Observation, now: Nanos) -> Option<Change> {
+        let counted = Counted {
+            requests: self.requests.as_mut().map(|w| w.used(now)),
+            tokens: self.tokens.as_mut().map(|w| w.used(now)),
+        };
+        self.adaptive.observe(seen, counted, now);
+        self.apply_limits();
+        self.adaptive.take_change()
+    }
+
+    /// A 429 nothing explained (see [`Adaptive::rate_limited`]). Returns the change of limits
+    /// worth a log line, if any.
+    pub fn rate_limited(&mut self, now: Nanos) -> Option<Change> {
+        self.adaptive.rate_limited(now);
+        self.apply_limits();
+        self.adaptive.take_change()
+    }
+
+    /// Puts the effective limits, less other clients' traffic, in force: window limits and
+    /// pacing (our share, spread evenly).
+    fn apply_limits(&mut self) {
+        let (rpm, tpm) = self.adaptive.own_limits();
+        for (window, limit) in [(&mut self.requests, rpm), (&mut self.tokens, tpm)] {
+            if let Some(window) = window {
+                window.set_limit(limit.unwrap_or(MAX_AMOUNT));
+            }
+        }
+        self.pacer = match (rpm, self.pacer.take()) {
+            (None, _) => None,
+            (Some(rpm), pacer) => {
+                let (interval, burst) = self.config.pacing_for(rpm);
+                let mut pacer = pacer.unwrap_or_else(|| Pacer::new(interval, burst));
+                pacer.retune(interval, burst);
+                Some(pacer)
+            }
+        };
+    }
+
     /// Live figures at `now`.
     pub fn figures(&mut self, now: Nanos) -> LimiterFigures {
         LimiterFigures {
@@ -231,8 +282,12 @@ impl LimiterBudget {
             Blocked::Requests,
         );
         if tokens > 0 {
+            // A request above a learned or lowered tpm (never above the configured one) goes
+            // when the window holds nothing else, rather than never.
             hold(
-                self.tokens.as_mut().and_then(|w| w.earliest(tokens, now)),
+                self.tokens
+                    .as_mut()
+                    .and_then(|w| w.earliest(tokens.min(w.limit()), now)),
                 Blocked::Tokens,
             );
         }
@@ -256,6 +311,17 @@ pub fn validate_request(
         )),
         _ => Ok(()),
     }
+}
+
+/// The requests and tokens windows: for the limits configured, and for all when limits are
+/// learned (their limits are set by [`LimiterBudget::apply_limits`]).
+fn windows(config: &LimiterConfig) -> (Option<SlidingWindow>, Option<SlidingWindow>) {
+    let window = config.counted_ns();
+    let make = |limit: Option<u64>| {
+        (limit.is_some() || config.adaptive)
+            .then(|| SlidingWindow::new(limit.unwrap_or(MAX_AMOUNT), window))
+    };
+    (make(config.rpm), make(config.tpm))
 }
 
 /// Moves a grant's tokens in `window` from `charged` to `actual`; returns where they now are.
@@ -293,8 +359,12 @@ impl Resource for LimiterBudget {
 
     fn try_take(&mut self, request: &LimiterRequest, now: Nanos) -> Check<LimiterGrant> {
         let tokens = &request.tokens;
+        if self.adaptive.tick(now) {
+            self.apply_limits();
+        }
         if self
-            .config
+            .adaptive
+            .effective()
             .max_concurrent
             .is_some_and(|max| self.in_flight >= max)
         {
@@ -405,11 +475,13 @@ impl Resource for LimiterBudget {
         if !intact {
             // Possibly half-written windows: leak them and start empty. The pacer is two plain
             // words, never half-written, so the child keeps the pace it inherited.
-            let window = self.config.counted_ns();
-            let requests = self.config.rpm.map(|rpm| SlidingWindow::new(rpm, window));
-            let tokens = self.config.tpm.map(|tpm| SlidingWindow::new(tpm, window));
+            let (requests, tokens) = windows(&self.config);
             std::mem::forget(std::mem::replace(&mut self.requests, requests));
             std::mem::forget(std::mem::replace(&mut self.tokens, tokens));
+            // What it learned may be half-written too (plain numbers): learn again.
+            let c = &self.config;
+            self.adaptive = Adaptive::new(c.limits(), c.adaptive, c.window_ns());
+            self.apply_limits();
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The pure-Rust core: it decides, the edges wait. Nothing here knows about Python.
 
+pub mod adaptive;
 pub mod backoff;
 pub mod clock;
 pub mod error;

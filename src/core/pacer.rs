@@ -38,6 +38,13 @@ impl Pacer {
         }
     }
 
+    /// Changes the rate and burst (limits learned or lowered), keeping the schedule's place.
+    pub fn retune(&mut self, interval_ns: u64, burst: u32) {
+        let tat = self.tat;
+        *self = Pacer::new(interval_ns, burst);
+        self.tat = tat;
+    }
+
     /// The first instant a request may start, at `now` or later.
     pub fn ready_at(&self, now: Nanos) -> Nanos {
         let earliest = self.tat.map_or(0, |tat| tat.saturating_sub(self.tolerance));

@@ -70,6 +70,11 @@ impl SlidingWindow {
         self.limit
     }
 
+    /// Changes the limit (a limit learned or lowered); clamped to `1..=MAX_AMOUNT`.
+    pub fn set_limit(&mut self, limit: u64) {
+        self.limit = limit.clamp(1, MAX_AMOUNT);
+    }
+
     /// Units counted in the window ending at `now`.
     pub fn used(&mut self, now: Nanos) -> u64 {
         self.expire(now);

@@ -6,6 +6,7 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
+use super::adaptive;
 use super::args;
 use super::errors::timeout_error;
 use super::limiter_engine::{Engine, Fallback};
@@ -104,8 +105,8 @@ fn engine(
 impl Limiter {
     #[new]
     #[pyo3(
-        signature = (*, max_concurrent = None, rpm = None, tpm = None, window = None, burst = None, margin = None, name = None, backend = None),
-        text_signature = "(*, max_concurrent=None, rpm=None, tpm=None, window=60.0, burst=None, margin=None, name=None, backend=None)"
+        signature = (*, max_concurrent = None, rpm = None, tpm = None, window = None, burst = None, margin = None, name = None, backend = None, adaptive = false),
+        text_signature = "(*, max_concurrent=None, rpm=None, tpm=None, window=60.0, burst=None, margin=None, name=None, backend=None, adaptive=False)"
     )]
     #[allow(clippy::too_many_arguments)] // the keyword-only Python constructor
     fn new(
@@ -118,6 +119,7 @@ impl Limiter {
         margin: Option<&Bound<'_, PyAny>>,
         name: Option<String>,
         backend: Option<&Bound<'_, PyAny>>,
+        adaptive: bool,
     ) -> PyResult<Self> {
         let window = match window {
             Some(w) if !w.is_none() => args::seconds(w, "window", true)?,
@@ -133,7 +135,8 @@ impl Limiter {
                 .filter(|m| !m.is_none())
                 .map(|m| args::number(m, "margin"))
                 .transpose()?,
-        )?;
+        )?
+        .with_adaptive(adaptive);
         super::logging::install();
         let (engine, backend) = engine(config, name.as_deref(), backend)?;
         let shared = LimiterShared::new(py, engine.clone(), config, name);
@@ -245,8 +248,10 @@ impl Limiter {
 
     /// Live figures: in_flight, waiting, acquired, timeouts, cancelled, tokens_granted,
     /// tokens_charged, tokens_refunded, requests_in_window, tokens_in_window, paused_for,
-    /// blocked_by, total_wait, max_wait, wait_p50, wait_p90, wait_p99 (seconds), and the
-    /// retry layer's retries, give_ups, retries_refused, rate_limit_errors.
+    /// blocked_by, total_wait, max_wait, wait_p50, wait_p90, wait_p99 (seconds), the limits in
+    /// force (effective_max_concurrent, effective_rpm, effective_tpm, limits_reason,
+    /// foreign_requests_in_window, foreign_tokens_in_window), and the retry layer's retries,
+    /// give_ups, retries_refused, rate_limit_errors.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         self.shared.stats(py)
     }
@@ -259,11 +264,51 @@ impl Limiter {
 
     /// Counts a retry layer's event ("retried", "gave_up", "refused" or "rate_limited") in
     /// `stats()`.
-    fn _count_retry(&self, event: &str) -> PyResult<()> {
+    fn _count_retry(&self, py: Python<'_>, event: &str) -> PyResult<()> {
         let event = RetryEvent::named(event)
             .ok_or_else(|| PyValueError::new_err(format!("unknown retry event {event:?}")))?;
-        self.shared.count_retry(event);
-        Ok(())
+        self.shared.count_retry(py, event)
+    }
+
+    /// Takes in a response's rate-limit headers (any mapping: httpx, requests, a dict; missing
+    /// or malformed values are ignored): limits learned, foreign traffic counted, and with
+    /// `status=429` a rate limit that lowers the rates unless the headers explain it.
+    #[pyo3(signature = (headers, *, status = None))]
+    fn observe(
+        &self,
+        py: Python<'_>,
+        headers: &Bound<'_, PyAny>,
+        status: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let seen = adaptive::observation(headers, status)?;
+        self.shared.observe(py, &seen)
+    }
+
+    /// `observe` with the figures already read from the headers.
+    #[pyo3(signature = (requests_limit = None, requests_remaining = None, tokens_limit = None, tokens_remaining = None, *, status = None))]
+    fn _observe(
+        &self,
+        py: Python<'_>,
+        requests_limit: Option<&Bound<'_, PyAny>>,
+        requests_remaining: Option<&Bound<'_, PyAny>>,
+        tokens_limit: Option<&Bound<'_, PyAny>>,
+        tokens_remaining: Option<&Bound<'_, PyAny>>,
+        status: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let figures = adaptive::figures([
+            (requests_limit, "requests_limit"),
+            (requests_remaining, "requests_remaining"),
+            (tokens_limit, "tokens_limit"),
+            (tokens_remaining, "tokens_remaining"),
+        ])?;
+        let seen = adaptive::observed(figures, adaptive::rate_limited(status)?);
+        self.shared.observe(py, &seen)
+    }
+
+    /// Whether limits not given are learned from the provider's rate-limit headers.
+    #[getter]
+    fn adaptive(&self) -> bool {
+        self.shared.config.adaptive
     }
 
     /// The backend keeping the budget (`None`: this process).
@@ -325,6 +370,7 @@ impl Limiter {
             window,
             burst,
             margin,
+            adaptive,
         } = this.shared.config;
         // Never a round trip: a shared budget shows what this process holds and awaits.
         let (in_flight, waiting, place) = match &this.engine {
@@ -345,9 +391,10 @@ impl Limiter {
             .as_ref()
             .map(|n| format!(" {n:?}"))
             .unwrap_or_default();
+        let adaptive = if adaptive { " adaptive=True" } else { "" };
         Ok(format!(
-            "<{}{name} max_concurrent={} rpm={} tpm={} window={window:?} burst={} margin={margin:?}: \
-             in_flight={in_flight} waiting={waiting}{place}>",
+            "<{}{name} max_concurrent={} rpm={} tpm={} window={window:?} burst={} margin={margin:?}\
+             {adaptive}: in_flight={in_flight} waiting={waiting}{place}>",
             qualified_name(&slf.get_type())?,
             show(max_concurrent),
             show(rpm),

@@ -8,8 +8,10 @@ use std::sync::{Arc, Weak};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
+use super::adaptive::{self, AdaptiveFigures};
 use super::limiter_engine::Engine;
 use super::stats::WaitSummary;
+use crate::core::adaptive::{Change, Limits, Observation};
 use crate::core::clock::Nanos;
 use crate::core::fork::{self, AfterFork, Survivors};
 use crate::core::gate::{GateCounters, WaitFigures};
@@ -67,8 +69,10 @@ impl RetryCounts {
     }
 }
 
-/// Words of a published snapshot: the limiter's nine, then its waiting figures.
-const WORDS: usize = 9 + WaitSummary::WORDS;
+/// Words of a published snapshot: the limiter's nine, its learning figures, then its
+/// waiting figures.
+const WORDS: usize = HEAD_WORDS + AdaptiveFigures::WORDS + WaitSummary::WORDS;
+const HEAD_WORDS: usize = 9;
 /// `None` in a published word.
 const ABSENT: u64 = u64::MAX;
 
@@ -82,6 +86,7 @@ pub struct Figures {
     /// Seconds since the current "pacing hard" episode started, if one is under way.
     pub pacing_hard_for: Option<f64>,
     pub pacing_episodes: u64,
+    pub adaptive: AdaptiveFigures,
 }
 
 impl Figures {
@@ -99,6 +104,7 @@ impl Figures {
                 .pressed_since
                 .map(|since| now.as_u64().saturating_sub(since.as_u64()) as f64 / 1e9),
             pacing_episodes: waits.pressure_episodes,
+            adaptive: AdaptiveFigures::read(budget),
         }
     }
 
@@ -129,6 +135,12 @@ impl Figures {
             waits: WaitSummary::shared(counters, count(2) as usize),
             pacing_hard_for: None,
             pacing_episodes: 0,
+            // The stored limits, which every process enforces.
+            adaptive: AdaptiveFigures::configured(Limits {
+                max_concurrent: optional(14),
+                rpm: optional(15),
+                tpm: optional(16),
+            }),
         }
     }
 
@@ -145,6 +157,7 @@ impl Figures {
         stats.set_item("blocked_by", self.blocked)?;
         stats.set_item("pacing_hard_for", self.pacing_hard_for)?;
         stats.set_item("pacing_episodes", self.pacing_episodes)?;
+        self.adaptive.fill(stats)?;
         Ok(())
     }
 
@@ -163,13 +176,15 @@ impl Figures {
             self.pacing_episodes,
         ];
         words[..head.len()].copy_from_slice(&head);
-        let waits = self.waits.to_words();
-        words[head.len()..].copy_from_slice(&waits);
+        let learning = head.len() + AdaptiveFigures::WORDS;
+        words[head.len()..learning].copy_from_slice(&self.adaptive.to_words());
+        words[learning..].copy_from_slice(&self.waits.to_words());
         words
     }
 
     fn from_words(words: &[u64; WORDS]) -> Self {
         let absent = |w: u64| (w != ABSENT).then_some(w);
+        let learning = HEAD_WORDS + AdaptiveFigures::WORDS;
         let budget = LimiterFigures {
             in_flight: words[0],
             tokens_granted: words[1].saturating_sub(words[2]),
@@ -184,7 +199,8 @@ impl Figures {
             blocked: BLOCKED_NAMES.get(words[6] as usize).copied().flatten(),
             pacing_hard_for: (words[7] != ABSENT).then(|| f64::from_bits(words[7])),
             pacing_episodes: words[8],
-            waits: WaitSummary::from_words(&words[9..]),
+            adaptive: AdaptiveFigures::from_words(&words[HEAD_WORDS..learning]),
+            waits: WaitSummary::from_words(&words[learning..]),
         }
     }
 }
@@ -237,9 +253,36 @@ impl LimiterShared {
         shared
     }
 
-    /// Counts what the retry layer did.
-    pub fn count_retry(&self, event: RetryEvent) {
+    /// Counts what the retry layer did; a rate-limit error lowers the rates unless the
+    /// provider's headers explained it (issue 8).
+    pub fn count_retry(&self, py: Python<'_>, event: RetryEvent) -> PyResult<()> {
         self.retries.count(event);
+        if event != RetryEvent::RateLimited {
+            return Ok(());
+        }
+        let change = match &self.engine {
+            Engine::Memory(gate) => gate.with_resource(|budget, now| budget.rate_limited(now)),
+            // A shared budget learns nothing yet: its limits are the stored ones.
+            Engine::Redis(..) => None,
+        };
+        self.tell(py, change)
+    }
+
+    /// Takes in a response's rate-limit headers (issue 8).
+    pub fn observe(&self, py: Python<'_>, seen: &Observation) -> PyResult<()> {
+        let change = match &self.engine {
+            Engine::Memory(gate) => gate.with_resource(|budget, now| budget.observe(seen, now)),
+            Engine::Redis(..) => None,
+        };
+        self.tell(py, change)
+    }
+
+    /// Logs a change of the effective limits (outside the gate's lock).
+    fn tell(&self, py: Python<'_>, change: Option<Change>) -> PyResult<()> {
+        match change {
+            Some(change) => adaptive::log_change(py, self.name.as_deref(), &change),
+            None => Ok(()),
+        }
     }
 
     /// `stats()`: the figures, read under the gate's lock (one round trip to a shared

@@ -1,5 +1,6 @@
 //! The thin PyO3 layer: argument conversion, GIL-released waiting, error mapping.
 
+pub mod adaptive;
 pub mod args;
 pub mod backoff;
 pub mod errors;

@@ -4,6 +4,10 @@ with OpenAI-like limits — unthrottled, with the usual fix, and with crewthrott
 A minute is scaled down to ``--window`` seconds so the whole demo takes about a minute.
 With ``--processes N`` the crews are split over N processes instead, and the modes compare a
 limiter per process with one budget shared on Redis (see ``processes.py``).
+
+``--profile tokens`` and ``--profile shared`` run issue 8's profiles instead (see
+``learning.py``): a tokens-bound workload without ``max_tokens``, and a key shared with an
+unseen client.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from crewthrottle._demo import chart, processes
+from crewthrottle._demo import chart, learning, processes
 from crewthrottle._spend import SpendReport
 from crewthrottle.testing import FakeProvider
 
@@ -77,6 +81,13 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
         help="seconds a mode may run; crews still retrying then count as unfinished (30)",
     )
     parser.add_argument(
+        "--profile",
+        choices=("rpm", "tokens", "shared"),
+        default="rpm",
+        help="rpm: requests bind (default); tokens: tokens bind, no max_tokens; shared: "
+        "another client uses 30%% of the key",
+    )
+    parser.add_argument(
         "--processes",
         type=int,
         default=1,
@@ -96,7 +107,13 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--chart", type=Path, default=Path("crewthrottle-demo.svg"))
     parser.add_argument("--quiet", action="store_true", help="no live progress")
     args = parser.parse_args(argv)
-    choices = MODES if args.processes == 1 else processes.MODES
+    if args.processes != 1 and args.profile != "rpm":
+        parser.error("--processes compares the rpm profile only")
+    choices: tuple[str, ...] = MODES
+    if args.processes != 1:
+        choices = processes.MODES
+    elif args.profile != "rpm":
+        choices = learning.MODES[args.profile]
     args.modes = [m.strip() for m in (args.modes or ",".join(choices)).split(",") if m.strip()]
     unknown = set(args.modes) - set(choices)
     if unknown:
@@ -125,8 +142,10 @@ def quiet_crewai() -> None:
         logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
-def build_crews(count: int, base_url: str, *, max_retries: int | None = None) -> list[Any]:
-    """The seed's workload: one-agent, one-task crews."""
+def build_crews(
+    count: int, base_url: str, *, max_retries: int | None = None, tasks: int = 1
+) -> list[Any]:
+    """The seed's workload: one-agent crews of ``tasks`` one-line tasks (one by default)."""
     from crewai import LLM, Agent, Crew, Task
 
     crews = []
@@ -140,13 +159,17 @@ def build_crews(count: int, base_url: str, *, max_retries: int | None = None) ->
             llm=llm,
             verbose=False,
         )
-        task = Task(
-            name="answer a question",
-            description=f"Question {i}: name one risk of scaling LLM agents.",
-            expected_output="One line.",
-            agent=agent,
-        )
-        crews.append(Crew(agents=[agent], tasks=[task], verbose=False))
+        work = [
+            Task(
+                name="answer a question",
+                description=f"Question {i}{'.' + str(k) if k else ''}: name one risk of "
+                "scaling LLM agents.",
+                expected_output="One line.",
+                agent=agent,
+            )
+            for k in range(tasks)
+        ]
+        crews.append(Crew(agents=[agent], tasks=work, verbose=False))
     return crews
 
 
@@ -377,6 +400,8 @@ def main(argv: Sequence[str]) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.profile != "rpm":
+        return learning.main(args, quiet_crewai)
     quiet_crewai()
     limits = Limits(args.rpm, args.tpm, args.max_concurrent, args.window, args.latency)
     print(

@@ -56,11 +56,11 @@ class Throttling:
         self.deadlock_after = deadlock_after
         self.litellm_clients: tuple[Any, Any] | None = None  # set by make_throttled
 
-    def tokens_for(self, messages: Any, llm: Any) -> int:
+    def size(self, messages: Any, llm: Any) -> shared.Sizing:
         """The tokens to reserve for a call (see ``_integrations.TokenEstimator``)."""
         if self.estimate is not None:
-            return shared.checked_estimate(self.estimate(messages, llm))
-        return shared.DEFAULT_ESTIMATOR.estimate(messages, model=llm, limiter=self.limiter)
+            return shared.Sizing.given(shared.checked_estimate(self.estimate(messages, llm)))
+        return shared.DEFAULT_ESTIMATOR.size(messages, model=llm, limiter=self.limiter)
 
     def __copy__(self) -> Throttling:
         return self
@@ -75,10 +75,17 @@ class CrewAttempt(shared.Attempt):
     __slots__ = ("deferred", "failed", "is_async", "throttling")
 
     def __init__(self, owner: Any, call: LogicalCall, is_async: bool) -> None:
-        throttling, tokens, spend = call
+        throttling, sizing, spend = call
         limiter, deadlock_after = throttling.limiter, throttling.deadlock_after
         tried = None if spend is None else spend.attempt()
-        super().__init__(limiter, tokens, model=owner, deadlock_after=deadlock_after, spend=tried)
+        super().__init__(
+            limiter,
+            sizing.tokens,
+            model=owner,
+            deadlock_after=deadlock_after,
+            sizing=sizing,
+            spend=tried,
+        )
         self.throttling = throttling
         self.is_async = is_async
         # The permit waits for the HTTP request where the LLM's clients call our hooks.
@@ -111,18 +118,20 @@ class CrewAttempt(shared.Attempt):
         """Whether a hooked client or interceptor made for ``key`` serves this attempt."""
         return key is self.throttling
 
-    def on_response(self, status: int, headers: Any) -> None:
-        """A response's status and headers (the place to learn from them)."""
-        if self.spend is not None:
+    def on_response(self, status: object, headers: Any) -> None:
+        """A response's status and headers: the limiter learns from them, and the spend
+        report (if any) counts the status."""
+        super().on_response(status, headers)
+        if self.spend is not None and isinstance(status, int):
             self.spend.response(status)
 
 
 class LogicalCall(NamedTuple):
-    """One logical call of a throttled LLM, for each of its attempts: the throttling, the
-    tokens an attempt reserves, and the call's spend (when a report tracks it)."""
+    """One logical call of a throttled LLM, for each of its attempts: the throttling, how an
+    attempt's tokens were sized, and the call's spend (when a report tracks it)."""
 
     throttling: Throttling
-    tokens: int
+    sizing: shared.Sizing
     spend: spending.Call | None
 
 
@@ -159,9 +168,9 @@ class Throttled:
 
     def _logical_call(self, messages: Any, args: Any, kwargs: Any) -> LogicalCall:
         throttling = throttling_of(self)
-        tokens = throttling.tokens_for(messages, self)
+        sizing = throttling.size(messages, self)
         spend = spending.start_call(getattr(self, "model", None), caller(args, kwargs))
-        return LogicalCall(throttling, tokens, spend)
+        return LogicalCall(throttling, sizing, spend)
 
     def _attempt(self, call: LogicalCall, messages: Any, args: Any, kwargs: Any) -> Any:
         parent: Any = super()

@@ -25,6 +25,7 @@ import inspect
 from typing import TYPE_CHECKING, Any, Protocol
 
 from crewthrottle import _seams as seams
+from crewthrottle._integrations import is_llm_call
 
 if TYPE_CHECKING:
     import httpx
@@ -37,9 +38,6 @@ __all__ = [
     "uses_interceptor",
 ]
 
-#: Paths of the requests that are LLM calls (not token counting, model listing, uploads).
-_CALL_PATHS = ("/chat/completions", "/responses", "/messages", "/completions")
-
 
 class Current(Protocol):
     """What the request hooks ask of the throttled call under way."""
@@ -50,7 +48,7 @@ class Current(Protocol):
 
     async def atake(self) -> None: ...
 
-    def on_response(self, status: int, headers: Any) -> None: ...
+    def on_response(self, status: object, headers: object) -> None: ...
 
 
 #: The attempt of a throttled call under way in this context, if any.
@@ -60,8 +58,7 @@ current: contextvars.ContextVar[Current | None] = contextvars.ContextVar(
 
 
 def _is_call(request: httpx.Request) -> bool:
-    path = request.url.path.rstrip("/")
-    return path.endswith(_CALL_PATHS) and not path.endswith("/count_tokens")
+    return is_llm_call(request.url.path)
 
 
 def _mine(key: object, request: httpx.Request | None = None) -> Current | None:
@@ -142,7 +139,7 @@ def litellm_clients(llm: Any, key: object) -> tuple[Any, Any] | None:
         return None
     try:
         import litellm
-        from openai import AsyncOpenAI, OpenAI
+        from openai import AsyncOpenAI, DefaultAsyncHttpxClient, DefaultHttpxClient, OpenAI
 
         base_url = llm.api_base or llm.base_url
         provider = litellm.get_llm_provider(llm.model, api_base=base_url)[1]
@@ -155,7 +152,25 @@ def litellm_clients(llm: Any, key: object) -> tuple[Any, Any] | None:
         options["api_key"] = llm.api_key
     if llm.timeout is not None:
         options["timeout"] = llm.timeout
-    return _hook(OpenAI(**options), key), _hook(AsyncOpenAI(**options), key)
+
+    async def inbound_async(response: httpx.Response) -> None:
+        _inbound(key, response)
+
+    # Responses go to the attempt through httpx's public event hooks, on the SDK's own
+    # default client (its timeouts and connection limits kept).
+    sync_client = DefaultHttpxClient(event_hooks={"response": [lambda r: _inbound(key, r)]})
+    async_client = DefaultAsyncHttpxClient(event_hooks={"response": [inbound_async]})
+    return (
+        _hook(OpenAI(**options, http_client=sync_client), key),
+        _hook(AsyncOpenAI(**options, http_client=async_client), key),
+    )
+
+
+def _inbound(key: object, response: httpx.Response) -> None:
+    """Hand a response of the attempt under way its status and headers."""
+    attempt = _mine(key, response.request)
+    if attempt is not None:
+        attempt.on_response(response.status_code, response.headers)
 
 
 def _hook(client: Any, key: object) -> Any:

@@ -107,15 +107,15 @@ class ThrottledChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        tokens, spend = self._tokens(messages, stop, kwargs), self._spend()
+        sizing, spend = self._size(messages, stop, kwargs), self._spend()
         call = self._call(self.chat_model._generate, messages, stop, run_manager, kwargs)
 
         def attempt() -> ChatResult:
-            permit = self._attempt(tokens, spend)
+            permit = self._attempt(sizing, spend)
             try:
                 permit.take()
                 result: ChatResult = call()
-                permit.add_usage(_result_usage(result))
+                _read_result(permit, result)
                 return result
             except Exception as exc:
                 permit.on_error(exc)
@@ -132,15 +132,15 @@ class ThrottledChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        tokens, spend = self._tokens(messages, stop, kwargs), self._spend()
+        sizing, spend = self._size(messages, stop, kwargs), self._spend()
         call = self._call(self.chat_model._agenerate, messages, stop, run_manager, kwargs)
 
         async def attempt() -> ChatResult:
-            permit = self._attempt(tokens, spend)
+            permit = self._attempt(sizing, spend)
             try:
                 await permit.atake()
                 result: ChatResult = await call()
-                permit.add_usage(_result_usage(result))
+                _read_result(permit, result)
                 return result
             except Exception as exc:
                 permit.on_error(exc)
@@ -158,13 +158,13 @@ class ThrottledChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        tokens, spend = self._tokens(messages, stop, kwargs), self._spend()
+        sizing, spend = self._size(messages, stop, kwargs), self._spend()
         open_stream = self._call(self.chat_model._stream, messages, stop, run_manager, kwargs)
 
         # One attempt runs until the first chunk: a 429 comes before it and is retried, while
         # an error after it is not (the caller has already seen part of the reply).
         def start() -> tuple[Attempt, Iterator[ChatGenerationChunk], list[ChatGenerationChunk]]:
-            permit = self._attempt(tokens, spend)
+            permit = self._attempt(sizing, spend)
             permit.take()
             try:
                 chunks: Iterator[ChatGenerationChunk] = open_stream()
@@ -177,7 +177,7 @@ class ThrottledChatModel(BaseChatModel):
         permit, chunks, first = self.retry.call(start)
         try:
             for chunk in itertools.chain(first, chunks):
-                permit.add_usage(getattr(chunk.message, "usage_metadata", None))
+                _read_chunk(permit, chunk)
                 yield chunk
         finally:
             try:
@@ -194,11 +194,11 @@ class ThrottledChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        tokens, spend = self._tokens(messages, stop, kwargs), self._spend()
+        sizing, spend = self._size(messages, stop, kwargs), self._spend()
         open_stream = self._call(self.chat_model._astream, messages, stop, run_manager, kwargs)
 
         async def start() -> tuple[Attempt, AsyncIterator[ChatGenerationChunk], list[Any]]:
-            permit = self._attempt(tokens, spend)
+            permit = self._attempt(sizing, spend)
             await permit.atake()
             try:
                 chunks: AsyncIterator[ChatGenerationChunk] = open_stream()
@@ -212,10 +212,10 @@ class ThrottledChatModel(BaseChatModel):
         permit, chunks, first = await self.retry.call(start)
         try:
             for chunk in first:
-                permit.add_usage(getattr(chunk.message, "usage_metadata", None))
+                _read_chunk(permit, chunk)
                 yield chunk
             async for chunk in chunks:
-                permit.add_usage(getattr(chunk.message, "usage_metadata", None))
+                _read_chunk(permit, chunk)
                 yield chunk
         finally:
             try:
@@ -225,13 +225,13 @@ class ThrottledChatModel(BaseChatModel):
             finally:
                 await permit.afinish()
 
-    def _tokens(
+    def _size(
         self, messages: list[BaseMessage], stop: list[str] | None, kwargs: Mapping[str, Any]
-    ) -> int:
+    ) -> shared.Sizing:
         """The tokens to reserve for one request, capped so that it can always be granted."""
         options = dict(kwargs) if stop is None else {**kwargs, "stop": stop}
         if self.token_estimator is None:
-            return shared.DEFAULT_ESTIMATOR.estimate(
+            return shared.DEFAULT_ESTIMATOR.size(
                 messages, model=self.chat_model, limiter=self.limiter, options=options
             )
         tokens = shared.checked_estimate(self.token_estimator(messages, **options))
@@ -240,11 +240,13 @@ class ThrottledChatModel(BaseChatModel):
         tpm = self.limiter.tpm
         if tpm is not None and tokens > tpm:
             tokens = max(tpm, shared.prompt_tokens(messages, options.get("tools")))
-        return tokens
+        return shared.Sizing.given(tokens)
 
-    def _attempt(self, tokens: int, spend: spending.Call | None) -> Attempt:
+    def _attempt(self, sizing: shared.Sizing, spend: spending.Call | None) -> Attempt:
         tried = None if spend is None else spend.attempt()
-        return Attempt(self.limiter, tokens, model=self.chat_model, spend=tried)
+        return Attempt(
+            self.limiter, sizing.tokens, model=self.chat_model, sizing=sizing, spend=tried
+        )
 
     def _spend(self) -> spending.Call | None:
         """The logical call starting, for the spend report: per model; the agent and task
@@ -322,7 +324,7 @@ def throttle_chat_model(
     if type(model)._stream is BaseChatModel._stream:
         inherited["disable_streaming"] = True  # it cannot stream: let LangChain fall back
     return ThrottledChatModel(
-        chat_model=_without_sdk_retries(model),
+        chat_model=_rebuilt(model),
         limiter=limiter,
         retry=shared.wire_retry(retry, limiter, backoff()),
         token_estimator=estimate_tokens,
@@ -351,47 +353,78 @@ def _nobody() -> None:
     """A LangChain call names no agent nor task."""
 
 
-def _counted(message: BaseMessage) -> list[tuple[int, dict[str, Any]]]:
-    """The usage a message (or chunk) reports with its total, as a list of zero or one."""
-    usage = getattr(message, "usage_metadata", None)
-    if not isinstance(usage, dict):
-        return []
-    total = usage.get("total_tokens")
-    return [(total, usage)] if isinstance(total, int) and not isinstance(total, bool) else []
+def _read_result(permit: Attempt, result: ChatResult) -> None:
+    """Hand the attempt what a reply reports: its rate-limit headers, its usage."""
+    for generation in result.generations[:1]:
+        _read_headers(permit, generation.generation_info, generation.message)
+    permit.add_usage(_result_usage(result))
+
+
+def _read_chunk(permit: Attempt, chunk: ChatGenerationChunk) -> None:
+    """Hand the attempt what a streamed chunk reports (headers come with the first)."""
+    _read_headers(permit, chunk.generation_info, chunk.message)
+    permit.add_usage(getattr(chunk.message, "usage_metadata", None))
+
+
+def _read_headers(permit: Attempt, info: Mapping[str, Any] | None, message: Any) -> None:
+    """The response headers a model reports (``ChatOpenAI``'s ``include_response_headers``
+    puts them in ``generation_info``, LangChain then in ``response_metadata``)."""
+    metadata = getattr(message, "response_metadata", None)
+    for source in (info, metadata):
+        headers = source.get("headers") if isinstance(source, Mapping) else None
+        if isinstance(headers, Mapping) and headers:
+            permit.on_response(200, headers)
+            return
+
+
+def _usage_total(usage: object) -> int:
+    total = usage.get("total_tokens") if isinstance(usage, dict) else None
+    return total if isinstance(total, int) and not isinstance(total, bool) else -1
 
 
 def _result_usage(result: ChatResult) -> object:
-    """The usage of a reply: its messages' ``usage_metadata`` (each generation of one
+    """The usage a reply reports: its messages' ``usage_metadata`` (each generation of one
     response carries the whole response's usage, so the largest), else ``llm_output``'s."""
-    usages = [u for g in result.generations for u in _counted(g.message)]
-    if usages:
-        return max(usages, key=lambda counted: counted[0])[1]
+    usages = [getattr(g.message, "usage_metadata", None) for g in result.generations]
+    counted = [u for u in usages if _usage_total(u) >= 0]
+    if counted:
+        return max(counted, key=_usage_total)
     usage = (result.llm_output or {}).get("token_usage")
-    return usage if isinstance(usage, dict) else None
+    return usage if _usage_total(usage) >= 0 else None
 
 
-def _without_sdk_retries(model: BaseChatModel) -> BaseChatModel:
-    """``model`` rebuilt with ``max_retries=0`` where it has that option set otherwise.
+def _rebuilt(model: BaseChatModel) -> BaseChatModel:
+    """``model`` rebuilt with ``max_retries=0`` where it has that option set otherwise, and
+    with ``include_response_headers=True`` where it has that option (``ChatOpenAI``: the
+    provider's rate-limit headers then reach the limiter, issue 8).
 
     The SDK clients are built by the model's validators from its options, so the model is
     constructed again from the options it was given; a copy would keep the old clients.
     """
     fields = type(model).model_fields
-    if "max_retries" not in fields or getattr(model, "max_retries", None) == 0:
+    changes = {
+        name: value
+        for name, value in (("max_retries", 0), ("include_response_headers", True))
+        if name in fields and getattr(model, name, None) != value
+    }
+    if not changes:
         return model
     options = {
         fields[name].alias or name: getattr(model, name)
         for name in model.model_fields_set
         if name in fields and name not in _SDK_CLIENTS
     }
-    options[fields["max_retries"].alias or "max_retries"] = 0
+    options.update({fields[name].alias or name: value for name, value in changes.items()})
     try:
         return type(model)(**options)
     except Exception as exc:
+        wanted = ", ".join(f"{name}={value}" for name, value in changes.items())
         logger.warning(
-            "could not switch off the retries of %s (%r): its SDK may retry 429s behind the "
-            "limiter's back; build it with max_retries=0",
+            "could not rebuild %s with %s (%r): its SDK may retry 429s behind the limiter's "
+            "back, or its rate-limit headers stay unseen; build it with %s",
             type(model).__name__,
+            wanted,
             exc,
+            wanted,
         )
         return model

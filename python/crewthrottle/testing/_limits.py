@@ -13,6 +13,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from ._foreign import ForeignTraffic
+
 Reason = Literal[
     "requests", "tokens", "input_tokens", "output_tokens", "concurrency", "quota", "overloaded"
 ]
@@ -137,8 +139,9 @@ class Admission:
     """Thread-safe admission: sliding windows for requests and tokens (all, input, output),
     plus the in-flight count."""
 
-    def __init__(self, limits: Limits) -> None:
+    def __init__(self, limits: Limits, foreign_share: float = 0.0) -> None:
         self.limits = limits
+        self.foreign = ForeignTraffic.of(limits.rpm, limits.tpm, limits.window, foreign_share)
         self._lock = threading.Lock()
         self._requests = SlidingWindow(limits.window)
         self._tokens = SlidingWindow(limits.window)
@@ -155,6 +158,9 @@ class Admission:
         if isinstance(request, int):
             request = Request(request, 0, 0)
         with self._lock:
+            if self.foreign is not None:
+                for at in self.foreign.due(now):
+                    self.foreign.count(self._admit_foreign(at, self.foreign.tokens))
             for window in self._windows:
                 window.prune(now)
             used_requests, used_tokens = self._requests.total, self._tokens.total
@@ -179,6 +185,19 @@ class Admission:
                 input_tokens=self._usage(now, lim.input_tpm, self._input),
                 output_tokens=self._usage(now, lim.output_tpm, self._output),
             )
+
+    def _admit_foreign(self, at: float, tokens: int) -> bool:
+        """One request of the other client, at ``at``: counted if it fits, else refused."""
+        for window in (self._requests, self._tokens):
+            window.prune(at)
+        lim = self.limits
+        fits = (lim.rpm is None or self._requests.total < lim.rpm) and (
+            lim.tpm is None or self._tokens.total + tokens <= lim.tpm
+        )
+        if fits:
+            self._requests.add(at, 1)
+            self._tokens.add(at, tokens)
+        return fits
 
     def _accept(self, now: float, request: Request, latency: float) -> None:
         self._requests.add(now, 1)
@@ -209,6 +228,8 @@ class Admission:
             for window in self._windows:
                 window.clear()
             self._outputs.clear()
+            if self.foreign is not None:
+                self.foreign.reset()
             self.max_in_flight = len(self._planned_ends)
 
     def _check(

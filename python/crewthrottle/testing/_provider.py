@@ -52,7 +52,13 @@ class FakeProvider:
     itself) and corrected to the real output when it ends. ``rpm``, ``tpm`` and
     ``max_concurrent`` hold for both APIs alike. Anthropic's answers carry its error bodies
     (``rate_limit_error``, ``overloaded_error``) and ``anthropic-ratelimit-*`` headers; a 429
-    there always carries ``retry-after``, as Anthropic's do.
+    there always carries ``retry-after``, as Anthropic's do. OpenAI's answers, 429s included,
+    carry ``x-ratelimit-{limit,remaining,reset}-{requests,tokens}`` for the limits configured.
+
+    ``foreign_share`` simulates another client on the same key that the app cannot see: it
+    uses that share of ``rpm`` and ``tpm`` per window in the background, its requests arriving
+    evenly (each ``tpm / rpm`` tokens) and admitted like any other, so they fill the windows
+    and the headers' ``remaining`` counts (see :attr:`foreign_requests`).
 
     Args:
         rpm: Requests allowed per window, or None for no limit.
@@ -72,6 +78,9 @@ class FakeProvider:
         completion_tokens: Completion tokens each reply reports and counts.
         input_tpm: Input tokens allowed per window (Anthropic's ITPM), or None.
         output_tpm: Output tokens allowed per window (Anthropic's OTPM), or None.
+        foreign_share: Share of ``rpm``/``tpm`` another client uses, from 0 (none) to below 1.
+        ratelimit_headers: Whether answers carry the rate-limit headers (False: a provider
+            that sends none; ``retry-after`` still follows ``retry_after``).
         host: Loopback address to listen on.
         port: Port to listen on; 0 picks a free one.
 
@@ -94,6 +103,8 @@ class FakeProvider:
         completion_tokens: int = 20,
         input_tpm: int | None = None,
         output_tpm: int | None = None,
+        foreign_share: float = 0.0,
+        ratelimit_headers: bool = True,
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
@@ -116,7 +127,8 @@ class FakeProvider:
         if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
             raise ValueError(f"port must be an int from 0 to 65535, got {port!r}")
         self._host, self._port = host, port
-        self._admission = Admission(self._limits)
+        self._admission = Admission(self._limits, _share("foreign_share", foreign_share))
+        self._ratelimit_headers = _bool("ratelimit_headers", ratelimit_headers)
         self._lock = threading.Lock()
         self._log: list[RequestRecord] = []
         self._ids = 0
@@ -227,6 +239,12 @@ class FakeProvider:
         self._admission.reset()
 
     @property
+    def foreign_requests(self) -> tuple[int, int]:
+        """Requests of the other client (``foreign_share``) accepted and refused so far."""
+        foreign = self._admission.foreign
+        return (0, 0) if foreign is None else (foreign.accepted, foreign.refused)
+
+    @property
     def in_flight(self) -> int:
         """Accepted requests being answered right now."""
         return self._admission.in_flight
@@ -326,7 +344,7 @@ class FakeProvider:
         start = time.monotonic()
         request = Request(prompt + completion, prompt, api.output_estimate(payload, completion))
         decision = self._admission.admit(start, request, latency)
-        headers = api.headers(decision)
+        headers = api.headers(decision) if self._ratelimit_headers else {}
         if not decision.accepted:
             response = api.refusal(headers, decision, model, request)
             self._record(
@@ -436,6 +454,14 @@ def _seconds(name: str, value: float, allow_zero: bool = True) -> float:
     if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{name} must be a finite number of seconds {bound}, got {value!r}")
+    return float(value)
+
+
+def _share(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    if not 0 <= value < 1:
+        raise ValueError(f"{name} must be at least 0 and below 1, got {value!r}")
     return float(value)
 
 

@@ -1,5 +1,6 @@
 //! What a `Limiter` enforces, validated: the limits, the window, the burst and the margin.
 
+use crate::core::adaptive::Limits;
 use crate::core::clock::nanos_of_secs;
 use crate::core::error::{check_seconds, InvalidArgument, MAX_SPAN_SECS};
 use crate::core::pacer::Pacer;
@@ -20,6 +21,8 @@ pub struct LimiterConfig {
     pub burst: Option<u32>,
     /// Extra seconds each start stays counted, for the jitter between grant and arrival.
     pub margin: f64,
+    /// Whether limits not configured are learned from the provider (issue 8).
+    pub adaptive: bool,
 }
 
 impl LimiterConfig {
@@ -98,7 +101,22 @@ impl LimiterConfig {
             window,
             burst,
             margin,
+            adaptive: false,
         })
+    }
+
+    /// The same configuration, learning the limits it lacks from the provider when `adaptive`.
+    pub fn with_adaptive(self, adaptive: bool) -> Self {
+        LimiterConfig { adaptive, ..self }
+    }
+
+    /// The configured limits.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_concurrent: self.max_concurrent,
+            rpm: self.rpm,
+            tpm: self.tpm,
+        }
     }
 
     /// The window in nanoseconds.
@@ -121,6 +139,18 @@ impl LimiterConfig {
             self.pacing_interval_ns()?,
             self.burst.unwrap_or(1),
         ))
+    }
+
+    /// Interval and burst of the pacer for an effective `rpm`: as configured when it is the
+    /// configured one, else the default burst for it (never more than the configured burst).
+    pub(super) fn pacing_for(&self, rpm: u64) -> (u64, u32) {
+        let interval = (self.window_ns() / rpm.max(1)).max(1);
+        if self.rpm == Some(rpm) {
+            return (interval, self.burst.unwrap_or(1));
+        }
+        let default = ((rpm as f64 / self.window).round() as u64).clamp(1, rpm.max(1));
+        let burst = u32::try_from(default).unwrap_or(u32::MAX);
+        (interval, burst.min(self.burst.unwrap_or(u32::MAX)))
     }
 }
 
