@@ -8,7 +8,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBool, PyDict, PyInt};
 
 use super::args;
-use crate::core::adaptive::{Change, Limits, Observation, Reason, Reported};
+use crate::core::adaptive::{Change, Limits, Observation, Reason, Reported, FULL};
 use crate::core::limiter::LimiterBudget;
 
 /// `None` in a published word.
@@ -128,12 +128,21 @@ impl AdaptiveFigures {
     /// The words these figures take in a published snapshot.
     pub const WORDS: usize = 6;
 
-    /// The figures of a budget whose limits are as configured (a shared budget's: its
-    /// limits are the stored ones).
-    pub fn configured(effective: Limits) -> Self {
+    /// The figures of a shared budget: the limits in force and those configured, its AIMD
+    /// factor (thousandths) and whether it is in its conservative start.
+    pub fn shared(effective: Limits, configured: Limits, factor: i64, discovering: bool) -> Self {
+        let reason = if factor < i64::from(FULL) {
+            Reason::RateLimited
+        } else if discovering {
+            Reason::Conservative
+        } else if effective != configured {
+            Reason::Headers
+        } else {
+            Reason::Configured
+        };
         AdaptiveFigures {
             effective,
-            reason: Reason::Configured,
+            reason,
             foreign: (0, 0),
         }
     }

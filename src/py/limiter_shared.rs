@@ -135,12 +135,22 @@ impl Figures {
             waits: WaitSummary::shared(counters, count(2) as usize),
             pacing_hard_for: None,
             pacing_episodes: 0,
-            // The stored limits, which every process enforces.
-            adaptive: AdaptiveFigures::configured(Limits {
-                max_concurrent: optional(14),
-                rpm: optional(15),
-                tpm: optional(16),
-            }),
+            // The limits in force, which every process enforces: the stored ones, lowered by
+            // what the processes learned from the provider.
+            adaptive: AdaptiveFigures::shared(
+                Limits {
+                    max_concurrent: optional(14),
+                    rpm: optional(15),
+                    tpm: optional(16),
+                },
+                Limits {
+                    max_concurrent: optional(24),
+                    rpm: optional(25),
+                    tpm: optional(26),
+                },
+                n(22).unwrap_or(1000),
+                n(23) == Some(1),
+            ),
         }
     }
 
@@ -262,8 +272,7 @@ impl LimiterShared {
         }
         let change = match &self.engine {
             Engine::Memory(gate) => gate.with_resource(|budget, now| budget.rate_limited(now)),
-            // A shared budget learns nothing yet: its limits are the stored ones.
-            Engine::Redis(..) => None,
+            Engine::Redis(queue, _) => queue.rate_limited(),
         };
         self.tell(py, change)
     }
@@ -272,7 +281,7 @@ impl LimiterShared {
     pub fn observe(&self, py: Python<'_>, seen: &Observation) -> PyResult<()> {
         let change = match &self.engine {
             Engine::Memory(gate) => gate.with_resource(|budget, now| budget.observe(seen, now)),
-            Engine::Redis(..) => None,
+            Engine::Redis(queue, _) => queue.observe(seen),
         };
         self.tell(py, change)
     }

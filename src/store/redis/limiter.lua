@@ -14,7 +14,8 @@
 --       7 queue, 8 queued requests, 9 queue leases, 10 handed grants, 11 reaped grants
 -- ARGV: 1 op, 2 config digest, 3 max_concurrent, 4 rpm, 5 tpm, 6 window_us, 7 margin_us,
 --       8 burst, 9 lease_us, 10 replace ("1": these limits replace stored ones), 11 epoch the
---       caller knows ("" if none), 12 channel, 13.. the op's arguments
+--       caller knows ("" if none), 12 channel, 13 adaptive ("1": limits not given are learned),
+--       14.. the op's arguments
 
 local K_CONFIG, K_STATE, K_REQS, K_TOKS, K_AMOUNTS, K_HOLDERS = 1, 2, 3, 4, 5, 6
 local K_QUEUE, K_QINFO, K_QLEASE, K_HANDED, K_REAPED = 7, 8, 9, 10, 11
@@ -43,26 +44,40 @@ local cfg = {}
 
 local function load_config()
   local v = redis.call('HMGET', KEYS[K_CONFIG], 'max_concurrent', 'rpm', 'tpm', 'window_us',
-    'margin_us', 'burst')
+    'margin_us', 'burst', 'adaptive')
   cfg.max_concurrent = num(v[1], -1)
   cfg.rpm = num(v[2], -1)
   cfg.tpm = num(v[3], -1)
   cfg.window_us = num(v[4], 60000000)
   cfg.margin_us = num(v[5], 0)
   cfg.burst = num(v[6], 1)
+  cfg.adaptive = v[7] == '1'
   cfg.counted_us = cfg.window_us + cfg.margin_us
+  -- As configured; the limits in force (`apply_learning`) may be lower.
+  cfg.configured = {cfg.max_concurrent, cfg.rpm, cfg.tpm}
+end
+
+-- Pacing for the rpm in force.
+local function pace()
   if cfg.rpm > 0 then
     cfg.interval_us = math.floor(cfg.window_us / cfg.rpm)
     if cfg.interval_us < 1 then cfg.interval_us = 1 end
-    cfg.tolerance_us = cfg.interval_us * (cfg.burst - 1)
+    local burst = math.min(cfg.burst, cfg.rpm)
+    cfg.tolerance_us = cfg.interval_us * (burst - 1)
     cfg.lateness_us = math.min(math.floor(cfg.interval_us / 4), 2000)
   end
 end
 
 local function store_config(epoch)
   redis.call('HSET', KEYS[K_CONFIG], 'digest', ARGV[2], 'max_concurrent', ARGV[3], 'rpm', ARGV[4],
-    'tpm', ARGV[5], 'window_us', ARGV[6], 'margin_us', ARGV[7], 'burst', ARGV[8])
+    'tpm', ARGV[5], 'window_us', ARGV[6], 'margin_us', ARGV[7], 'burst', ARGV[8],
+    'adaptive', ARGV[13])
   if epoch then redis.call('HSET', KEYS[K_STATE], 'epoch', epoch) end
+  -- Learning starts over with these limits: an adaptive budget missing a rate limit starts
+  -- conservatively (issue 8).
+  local discovering = ARGV[13] == '1' and (tonumber(ARGV[4]) <= 0 or tonumber(ARGV[5]) <= 0)
+  redis.call('HSET', KEYS[K_STATE], 'l_rpm', -1, 'l_tpm', -1, 'factor', 1000,
+    'discovering', discovering and 1 or 0)
 end
 
 -- When a budget the server does not know may have been lost, so that its last window may
@@ -108,7 +123,8 @@ local state = {}
 
 local function load_state()
   local v = redis.call('HMGET', KEYS[K_STATE], 'tat', 'paused_until', 'recovering_until',
-    'next_id', 'tok_used', 'epoch', 'announced')
+    'next_id', 'tok_used', 'epoch', 'announced', 'l_rpm', 'l_tpm', 'factor', 'f_step',
+    'f_event', 'discovering')
   state.tat = num(v[1], nil)
   state.paused_until = num(v[2], 0)
   state.recovering_until = num(v[3], 0)
@@ -116,6 +132,52 @@ local function load_state()
   state.tok_used = num(v[5], 0)
   state.epoch = v[6] or ''
   state.announced = v[7] or ''
+  state.l_rpm = num(v[8], -1)
+  state.l_tpm = num(v[9], -1)
+  state.factor = num(v[10], 1000)
+  state.f_step = num(v[11], 0)
+  state.f_event = num(v[12], nil)
+  state.discovering = num(v[13], 0) == 1
+end
+
+-- What the processes of the budget learned from the provider (issue 8), shared: the limits
+-- its headers reported (which only ever lower the configured ones), an AIMD factor lowered by
+-- a 429 nothing explained and raised again step by step, and an adaptive budget's cautious
+-- start before anyone saw the provider's limits. As src/core/adaptive.rs, on the server.
+local FULL, DECREASE, STEP, MIN_FACTOR = 1000, 700, 50, 100
+
+local function step_us()
+  return math.max(math.floor(cfg.window_us / 10), 1)
+end
+
+-- The additive increase that time without a 429 earned.
+local function recover()
+  if state.factor >= FULL then return end
+  local steps = math.floor((now - state.f_step) / step_us())
+  if steps > 0 then
+    state.factor = math.min(FULL, state.factor + STEP * steps)
+    state.f_step = state.f_step + steps * step_us()
+  end
+end
+
+local function in_force(configured, learned)
+  local limit = configured
+  if learned > 0 and (limit <= 0 or learned < limit) then limit = learned end
+  if limit <= 0 then return -1 end
+  return math.max(math.floor(limit * state.factor / FULL), 1)
+end
+
+-- Puts the limits in force: learned, lowered, or cautious (one at a time, one a second).
+local function apply_learning()
+  recover()
+  cfg.rpm = in_force(cfg.configured[2], state.l_rpm)
+  cfg.tpm = in_force(cfg.configured[3], state.l_tpm)
+  if cfg.adaptive and state.discovering then
+    if cfg.max_concurrent <= 0 or cfg.max_concurrent > 1 then cfg.max_concurrent = 1 end
+    local one_a_second = math.max(math.ceil(cfg.window_us / 1000000), 1)
+    if cfg.rpm <= 0 or cfg.rpm > one_a_second then cfg.rpm = one_a_second end
+  end
+  pace()
 end
 
 local counters = {}
@@ -126,7 +188,13 @@ end
 local function save_state()
   local fields = {'next_id', int(state.next_id), 'tok_used', int(state.tok_used),
     'paused_until', int(state.paused_until), 'recovering_until', int(state.recovering_until),
-    'announced', state.announced}
+    'announced', state.announced, 'l_rpm', int(state.l_rpm), 'l_tpm', int(state.l_tpm),
+    'factor', int(state.factor), 'f_step', int(state.f_step),
+    'discovering', state.discovering and 1 or 0}
+  if state.f_event then
+    fields[#fields + 1] = 'f_event'
+    fields[#fields + 1] = int(state.f_event)
+  end
   if state.tat then
     fields[#fields + 1] = 'tat'
     fields[#fields + 1] = int(state.tat)
@@ -370,10 +438,11 @@ end
 
 if not check_config() then
   local v = redis.call('HMGET', KEYS[K_CONFIG], 'digest', 'max_concurrent', 'rpm', 'tpm',
-    'window_us', 'margin_us', 'burst')
-  return {'CONFLICT', v[1], v[2], v[3], v[4], v[5], v[6], v[7]}
+    'window_us', 'margin_us', 'burst', 'adaptive')
+  return {'CONFLICT', v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8] or '0'}
 end
 load_state()
+apply_learning()
 local epoch_changed = (ARGV[11] ~= '' and ARGV[11] ~= state.epoch) and 1 or 0
 
 if op == 'stats' then
@@ -388,7 +457,33 @@ if op == 'stats' then
     math.max(state.paused_until, state.recovering_until, now) - now,
     num(v[1], 0), num(v[2], 0), num(v[3], 0), num(v[4], 0), num(v[5], 0), num(v[6], 0),
     num(v[7], 0), state.epoch, cfg.max_concurrent, cfg.rpm, cfg.tpm, cfg.window_us,
-    cfg.margin_us, cfg.burst}
+    cfg.margin_us, cfg.burst, state.l_rpm, state.l_tpm, state.factor,
+    state.discovering and 1 or 0, cfg.configured[1], cfg.configured[2], cfg.configured[3]}
+end
+
+if op == 'learn' then
+  -- ARGV 14: the rpm, 15: the tpm the provider's headers reported (-1: none), 16: "0" once
+  -- the provider's limits have been seen (the cautious start ends).
+  local rpm, tpm = tonumber(ARGV[14]), tonumber(ARGV[15])
+  if rpm > 0 then state.l_rpm = rpm end
+  if tpm > 0 then state.l_tpm = tpm end
+  if ARGV[16] == '0' then state.discovering = false end
+  apply_learning()
+  expire_windows()
+  prune()
+  dispatch() -- the limits may have risen: serve whoever now fits
+  return finish({'L', cfg.max_concurrent, cfg.rpm, cfg.tpm, state.factor})
+end
+
+if op == 'rate_limited' then
+  -- A 429 nothing explained: the multiplicative decrease, at most once a step.
+  if not state.f_event or now - state.f_event >= step_us() then
+    state.f_event = now
+    state.factor = math.max(math.floor(state.factor * DECREASE / FULL), MIN_FACTOR)
+    state.f_step = now
+    apply_learning()
+  end
+  return finish({'L', cfg.max_concurrent, cfg.rpm, cfg.tpm, state.factor})
 end
 
 expire_windows()
@@ -396,8 +491,8 @@ prune()
 dispatch()
 
 if op == 'acquire' then
-  -- ARGV 13: tokens, 14: lease_us, 15: "1" to queue when not granted at once
-  local tokens, lease_us = tonumber(ARGV[13]), tonumber(ARGV[14])
+  -- ARGV 14: tokens, 15: lease_us, 16: "1" to queue when not granted at once
+  local tokens, lease_us = tonumber(ARGV[14]), tonumber(ARGV[15])
   local first = redis.call('ZCARD', KEYS[K_QUEUE]) == 0
   local r = {false, -1, 'queue'}
   if first then
@@ -406,7 +501,7 @@ if op == 'acquire' then
       return finish({'G', r[2], tokens, 0, state.epoch, epoch_changed, int(now)})
     end
   end
-  if ARGV[15] ~= '1' then
+  if ARGV[16] ~= '1' then
     local retry = -1
     if r[2] >= 0 then retry = r[2] - now end
     return finish({'N', retry, r[3] or 'max_concurrent', state.epoch, epoch_changed})
@@ -420,8 +515,8 @@ if op == 'acquire' then
 end
 
 if op == 'poll' then
-  -- ARGV 13: ticket, 14: lease_us
-  local ticket, lease_us = tonumber(ARGV[13]), tonumber(ARGV[14])
+  -- ARGV 14: ticket, 15: lease_us
+  local ticket, lease_us = tonumber(ARGV[14]), tonumber(ARGV[15])
   local taken = take(ticket, lease_us)
   if taken then
     taken[5], taken[6] = state.epoch, epoch_changed
@@ -435,8 +530,8 @@ if op == 'poll' then
 end
 
 if op == 'abandon' then
-  -- ARGV 13: ticket, 14: "timeout" or "cancelled"
-  local ticket = ARGV[13]
+  -- ARGV 14: ticket, 15: "timeout" or "cancelled"
+  local ticket = ARGV[14]
   local handed = redis.call('HGET', KEYS[K_HANDED], ticket)
   local known = false
   if handed then
@@ -450,24 +545,24 @@ if op == 'abandon' then
     known = true
   end
   if known then
-    count(ARGV[14] == 'timeout' and 'timeouts' or 'cancelled')
+    count(ARGV[15] == 'timeout' and 'timeouts' or 'cancelled')
     dispatch()
   end
   return finish({'A', known and 1 or 0})
 end
 
 if op == 'release' then
-  -- ARGV 13: grant id. Refused (0) when its lease expired and the slot was reaped: a late
+  -- ARGV 14: grant id. Refused (0) when its lease expired and the slot was reaped: a late
   -- release never frees a slot twice.
-  local released = redis.call('ZREM', KEYS[K_HOLDERS], ARGV[13])
+  local released = redis.call('ZREM', KEYS[K_HOLDERS], ARGV[14])
   if released == 1 then dispatch() end
   return finish({'R', released})
 end
 
 if op == 'settle' then
-  -- ARGV 13: grant id, 14: tokens charged so far, 15: actual tokens. Refused (0) for a
+  -- ARGV 14: grant id, 15: tokens charged so far, 16: actual tokens. Refused (0) for a
   -- grant reaped with its lease.
-  local gid, charged, actual = ARGV[13], tonumber(ARGV[14]), tonumber(ARGV[15])
+  local gid, charged, actual = ARGV[14], tonumber(ARGV[15]), tonumber(ARGV[16])
   if redis.call('ZSCORE', KEYS[K_REAPED], gid) then return finish({'R', 0}) end
   if cfg.tpm > 0 then
     local in_window = redis.call('ZSCORE', KEYS[K_TOKS], gid)
@@ -490,8 +585,8 @@ if op == 'settle' then
 end
 
 if op == 'redate' then
-  -- ARGV 13: grant id, 14: microseconds later than recorded that it really started.
-  local gid, later = ARGV[13], tonumber(ARGV[14])
+  -- ARGV 14: grant id, 15: microseconds later than recorded that it really started.
+  local gid, later = ARGV[14], tonumber(ARGV[15])
   for _, key in ipairs({KEYS[K_REQS], KEYS[K_TOKS]}) do
     local at = redis.call('ZSCORE', key, gid)
     if at then redis.call('ZADD', key, 'XX', int(tonumber(at) + later), gid) end
@@ -500,9 +595,9 @@ if op == 'redate' then
 end
 
 if op == 'pause' then
-  -- ARGV 13: microseconds
+  -- ARGV 14: microseconds
   local started = state.paused_until <= now
-  state.paused_until = math.max(state.paused_until, now + tonumber(ARGV[13]))
+  state.paused_until = math.max(state.paused_until, now + tonumber(ARGV[14]))
   return finish({'P', (started and state.paused_until > now) and 1 or 0})
 end
 
@@ -513,13 +608,13 @@ if op == 'resume' then
 end
 
 if op == 'renew' then
-  -- ARGV 13: lease_us, 14: count of grant ids, then grant ids, then tickets.
+  -- ARGV 14: lease_us, 15: count of grant ids, then grant ids, then tickets.
   -- Extends the leases of a live process's holders and queued waiters. Grants unknown here
   -- after the state was lost (a new epoch) are adopted again; reaped ones are reported lost.
   -- Handed tickets are reported so that the process takes them (a lost announcement).
-  local lease_us, n = tonumber(ARGV[13]), tonumber(ARGV[14])
+  local lease_us, n = tonumber(ARGV[14]), tonumber(ARGV[15])
   local lost, handed = {}, {}
-  for i = 15, 14 + n do
+  for i = 16, 15 + n do
     local gid = ARGV[i]
     if redis.call('ZADD', KEYS[K_HOLDERS], 'XX', 'CH', int(now + lease_us), gid) == 0
         and not redis.call('ZSCORE', KEYS[K_HOLDERS], gid) then
@@ -530,7 +625,7 @@ if op == 'renew' then
       end
     end
   end
-  for i = 15 + n, #ARGV do
+  for i = 16 + n, #ARGV do
     local ticket = ARGV[i]
     if redis.call('HEXISTS', KEYS[K_HANDED], ticket) == 1 then
       handed[#handed + 1] = ticket

@@ -17,6 +17,7 @@ use tokio::sync::Notify;
 
 use super::hub::{Hub, Listener};
 use super::script::{Announcement, Budget, Epoch, Reply};
+use crate::core::adaptive::{Adaptive, Change, Counted, Observation};
 use crate::core::clock::{Clock, Nanos};
 use crate::core::error::QueueError;
 use crate::core::fork::{AfterFork, ForkableGuard, ForkableMutex, Survivors};
@@ -89,7 +90,6 @@ struct Slot {
     since: Nanos,
 }
 
-#[derive(Default)]
 struct Local {
     /// This process's waits (what its callers waited for their grants).
     times: WaitTimes,
@@ -105,6 +105,27 @@ struct Local {
     epoch: String,
     paused_until: Option<Instant>,
     warned_lost: bool,
+    /// What this process learned from the provider (issue 8); the budget's script keeps what
+    /// every process learned, and enforces it.
+    learning: Adaptive,
+}
+
+impl Local {
+    fn new(config: &LimiterConfig) -> Self {
+        Local {
+            times: WaitTimes::default(),
+            next: 0,
+            slots: HashMap::new(),
+            tickets: HashMap::new(),
+            early: VecDeque::new(),
+            holders: HashSet::new(),
+            lent: Vec::new(),
+            epoch: String::new(),
+            paused_until: None,
+            warned_lost: false,
+            learning: Adaptive::new(config.limits(), config.adaptive, config.window_ns()),
+        }
+    }
 }
 
 /// This process's side of one shared budget.
@@ -139,7 +160,7 @@ impl RedisQueue {
             budget,
             config,
             name: name.to_owned(),
-            local: ForkableMutex::new(Local::default()),
+            local: ForkableMutex::new(Local::new(&config)),
             heartbeat: Arc::new(Notify::new()),
             clock: Clock::monotonic(),
             subscribed: AtomicU32::new(0),
@@ -195,8 +216,8 @@ impl RedisQueue {
         QueueError::Conflict(format!(
             "the shared limit {:?} on Redis at {} has other limits than this process's: \
              stored max_concurrent={} rpm={} tpm={} window_us={} margin_us={} burst={} \
-             (-1: none), here {:?}. The stored limits win: use the same limits everywhere, \
-             another name, or RedisBackend(..., replace_limits=True) to replace them",
+             adaptive={} (-1: none), here {:?}. The stored limits win: use the same limits \
+             everywhere, another name, or RedisBackend(..., replace_limits=True) to replace them",
             self.name,
             self.settings.url,
             field(1),
@@ -205,6 +226,7 @@ impl RedisQueue {
             field(4),
             field(5),
             field(6),
+            field(7) == "1",
             self.config
         ))
     }
@@ -521,6 +543,52 @@ impl RedisQueue {
         self.fire("resume", Vec::new());
     }
 
+    /// Takes in a response's rate-limit headers (fire and forget): the limits they report
+    /// become the budget's for every process, and a 429 lowers them for every process, as a
+    /// local limiter's would (see [`Adaptive`]). Other clients' traffic is not estimated: the
+    /// budget's own count spans every process. Returns the change of this process's view
+    /// worth a log line.
+    pub fn observe(&self, seen: &Observation) -> Option<Change> {
+        let now = self.clock.now();
+        let (learned, change) = {
+            let mut local = self.local();
+            let was_discovering = local.learning.summary().discovering;
+            local.learning.observe(seen, Counted::default(), now);
+            let reported = seen.requests.limit.is_some() || seen.tokens.limit.is_some();
+            let summary = local.learning.summary();
+            let learned = (reported || summary.discovering != was_discovering).then_some(summary);
+            (learned, local.learning.take_change())
+        };
+        if let Some(summary) = learned {
+            let figure = |v: Option<u64>| v.map_or_else(|| "-1".to_owned(), |v| v.to_string());
+            let discovering = if summary.discovering { "1" } else { "0" };
+            let args = vec![
+                figure(summary.learned_rpm),
+                figure(summary.learned_tpm),
+                discovering.to_owned(),
+            ];
+            self.fire("learn", args);
+        }
+        if seen.rate_limited {
+            self.fire("rate_limited", Vec::new());
+        }
+        change
+    }
+
+    /// A 429 nothing explained: lowers the budget's rate limits for every process (fire and
+    /// forget; the script acts on one per tenth of a window). Returns the change of this
+    /// process's view worth a log line.
+    pub fn rate_limited(&self) -> Option<Change> {
+        let now = self.clock.now();
+        let change = {
+            let mut local = self.local();
+            local.learning.rate_limited(now);
+            local.learning.take_change()
+        };
+        self.fire("rate_limited", Vec::new());
+        change
+    }
+
     /// The budget's figures (one round trip; waits for no local lock).
     ///
     /// # Errors
@@ -668,7 +736,7 @@ impl AfterFork for RedisQueue {
         let kept = survivors.event_loop.map(Context::EventLoop);
         let mut restart = Vec::new();
         let reset = |local: &mut Local, intact: bool| {
-            let old = std::mem::take(local);
+            let old = std::mem::replace(local, Local::new(&self.config));
             if !intact {
                 std::mem::forget(old); // possibly half-written by a vanished thread
                 return;
@@ -677,6 +745,7 @@ impl AfterFork for RedisQueue {
             // tickets are the parent's (it waits on them too), so they queue again here.
             local.next = old.next;
             local.epoch = old.epoch;
+            local.learning = old.learning;
             for (id, mut slot) in old.slots {
                 let survives = kept.is_some()
                     && slot.notifier.as_ref().map(|n| n.context()) == kept

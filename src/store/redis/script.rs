@@ -29,6 +29,7 @@ pub struct Budget {
     fields: [i64; 6],
     lease_us: i64,
     replace: bool,
+    adaptive: bool,
 }
 
 /// A typed reply of the script.
@@ -62,6 +63,14 @@ pub enum Reply {
     },
     /// The stored limits differ from this process's.
     Conflict(Vec<String>),
+    /// The limits in force after what was learned (`learn`, `rate_limited`), and the AIMD
+    /// factor in thousandths.
+    Limits {
+        max_concurrent: Option<u64>,
+        rpm: Option<u64>,
+        tpm: Option<u64>,
+        factor: u32,
+    },
 }
 
 /// What every reply carries besides its answer: the budget's epoch, and whether it differs
@@ -93,8 +102,14 @@ impl Budget {
             i64::from(config.burst.unwrap_or(1)),
         ];
         let digest = format!(
-            "mc={} rpm={} tpm={} window_us={} margin_us={} burst={}",
-            fields[0], fields[1], fields[2], fields[3], fields[4], fields[5]
+            "mc={} rpm={} tpm={} window_us={} margin_us={} burst={} adaptive={}",
+            fields[0],
+            fields[1],
+            fields[2],
+            fields[3],
+            fields[4],
+            fields[5],
+            u8::from(config.adaptive)
         );
         Budget {
             keys: SUFFIXES.iter().map(|s| format!("{base}:{s}")).collect(),
@@ -103,6 +118,7 @@ impl Budget {
             fields,
             lease_us: lease_us as i64,
             replace,
+            adaptive: config.adaptive,
         }
     }
 
@@ -139,7 +155,8 @@ impl Budget {
             .arg(self.lease_us)
             .arg(if self.replace { "1" } else { "0" })
             .arg(epoch)
-            .arg(&self.channel);
+            .arg(&self.channel)
+            .arg(if self.adaptive { "1" } else { "0" });
         for arg in args {
             invocation.arg(arg);
         }
@@ -233,7 +250,13 @@ fn parse(op: &str, value: &Value) -> (Reply, Epoch) {
         },
         "U" => Reply::Unknown,
         "S" => Reply::Stats(v.to_vec()),
-        "CONFLICT" => Reply::Conflict((1..8).map(|i| text(at(i))).collect()),
+        "CONFLICT" => Reply::Conflict((1..9).map(|i| text(at(i))).collect()),
+        "L" => Reply::Limits {
+            max_concurrent: n(1).filter(|&m| m > 0).map(|m| m as u64),
+            rpm: n(2).filter(|&r| r > 0).map(|r| r as u64),
+            tpm: n(3).filter(|&t| t > 0).map(|t| t as u64),
+            factor: n(4).unwrap_or(1000).clamp(0, 1000) as u32,
+        },
         _ => Reply::Done(n(1).unwrap_or(0)),
     };
     (reply, Epoch::default())
