@@ -17,6 +17,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from itertools import pairwise
 
 import redis_hammer
 from _common import Settings, Table, jain, max_in_window, percentile, pinned, progress
@@ -251,15 +252,15 @@ def _throughput(settings: Settings, server: Server, run: str, url: str, cpu: int
             "config",
             "grants/s",
             "x PING/s",
-            "server CPU %",
+            "server CPU µs/grant",
             "script calls/grant",
-            "server µs/grant",
         ],
     )
     table.notes.append(
         f"{PROCESSES} spawned processes x {THREADS} threads acquiring (+ releasing) in a loop "
         f"for {seconds:g} s on one budget whose limits never bind; the baseline row does a bare "
-        "redis-py PING instead. Server CPU: INFO used_cpu_user+sys over the run."
+        "redis-py PING instead. Server CPU: INFO used_cpu_user+sys over the run (spawning "
+        "included) / grants in the span all processes ran together."
     )
     base = float("nan")
     for c in [ping(), *contenders("open")]:
@@ -277,9 +278,8 @@ def _throughput(settings: Settings, server: Server, run: str, url: str, cpu: int
                 c.config,
                 rate,
                 rate / base,
-                f.cpu_pct,
+                f.cpu_seconds * 1e6 / max(len(grants), 1),
                 scripts / max(len(grants), 1),
-                f.script_usec() / max(len(grants), 1),
             ]
         )
         progress("redis", f"throughput, {c.name}: {rate:,.0f}/s", started)
@@ -315,6 +315,7 @@ def _paced(
             "utilisation",
             "max in 1 s (decision clock)",
             "windows over",
+            "gap p50/p90 ms",
             "max in 1 s (client clock)",
             "per process",
             "Jain (processes)",
@@ -328,7 +329,9 @@ def _paced(
         "clock is the one that decided: Permit.server_time (Redis's TIME) for ours, the client's "
         "time.time() for the peers (the same host's clock here). windows over: grants that "
         f"end a 1 s window holding more than {RATE} (decision clock); the client clock is when "
-        "the caller got the grant back (what a provider would see, less network jitter).",
+        "the caller got the grant back (what a provider would see, less network jitter). "
+        f"gap: between consecutive grants (decision clock); 1/{RATE} s = {1e3 / RATE:g} ms "
+        "at burst 1, so the p50 above that is how late the next grant typically came.",
         "Jain's index = (sum x)^2 / (n sum x^2) over per-process (and per-thread) grant counts.",
     ]
     rows: list[list[object]] = []
@@ -353,6 +356,7 @@ def _paced_row(
     per_thread = Counter((g[2], g[3]) for g in grants)
     util = len(grants) / (RATE * span)
     peak, over = max_in_window(decided, 1.0), windows_over(decided, 1.0, RATE)
+    gaps = [(b - a) * 1e3 for a, b in pairwise(sorted(decided))] or [float("nan")]
     fair = jain([per_process.get(i, 0) for i in range(PROCESSES)])
     table.rows.append(
         [
@@ -362,6 +366,7 @@ def _paced_row(
             util,
             peak,
             over,
+            f"{percentile(gaps, 50):.1f}/{percentile(gaps, 90):.1f}",
             max_in_window([g[0] for g in grants], 1.0),
             "/".join(str(per_process.get(i, 0)) for i in range(PROCESSES)),
             fair,
@@ -437,6 +442,7 @@ def _idle(settings: Settings, server: Server, run: str, url: str) -> Table:
             "waiters",
             "blocked on",
             "still waiting",
+            "failed",
             "process CPU %",
             "server CPU %",
             "server commands/s",
@@ -447,14 +453,21 @@ def _idle(settings: Settings, server: Server, run: str, url: str) -> Table:
         f"server's (INFO) are read over {seconds:g} s; 100% is one core."
     )
     with pinned(settings.pin):
+        with server.measure() as out:
+            cpu, wall = time.process_time(), time.perf_counter()
+            time.sleep(seconds)
+            cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        f = out[0]
+        table.rows.append(["baseline: no waiters", "0", "-", 0, "0", 100.0 * cpu / wall,
+                           f.cpu_pct, f.commands / f.seconds])  # fmt: skip
         for name, config, ours, setup in IDLE_CASES:
             for kind in (f"{TASKS} tasks", f"{IDLE_THREADS} threads"):
                 budget = f"{run}/idle/{name}/{config}/{kind}"
                 blocked = setup(url, budget, settle + seconds + 0.5)
                 measure = _idle_tasks if "tasks" in kind else _idle_threads
-                pct, waiting, f = measure(blocked, server, settle, seconds)
+                pct, waiting, failed, f = measure(blocked, server, settle, seconds)
                 table.rows.append(
-                    [name, kind, config, waiting, pct, f.cpu_pct, f.commands / f.seconds]
+                    [name, kind, config, waiting, failed, pct, f.cpu_pct, f.commands / f.seconds]
                 )
                 progress(
                     "redis", f"idle, {name} ({config}), {kind}: {pct:.2f}%", time.perf_counter()
@@ -469,7 +482,13 @@ def _idle(settings: Settings, server: Server, run: str, url: str) -> Table:
     return table
 
 
-Idle = tuple[float, int, ServerFigures]  # process CPU %, still waiting, server figures
+# process CPU %, still waiting, failed (how many, and why), server figures
+Idle = tuple[float, int, str, ServerFigures]
+
+
+def _failures(errors: list[BaseException]) -> str:
+    kinds = Counter(type(e).__name__ for e in errors)
+    return f"{len(errors)} ({', '.join(kinds)})" if errors else "0"
 
 
 def _idle_tasks(blocked: Blocked, server: Server, settle: float, seconds: float) -> Idle:
@@ -482,17 +501,26 @@ def _idle_tasks(blocked: Blocked, server: Server, settle: float, seconds: float)
             await asyncio.sleep(seconds)
             cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
         waiting = sum(not t.done() for t in tasks)
+        errors = [e for t in tasks if t.done() and (e := t.exception()) is not None]
         for task in tasks:
             task.cancel()
         blocked.release()
         await asyncio.gather(*tasks, return_exceptions=True)
-        return 100.0 * cpu / wall, waiting, out[0]
+        return 100.0 * cpu / wall, waiting, _failures(errors), out[0]
 
     return asyncio.run(main())
 
 
 def _idle_threads(blocked: Blocked, server: Server, settle: float, seconds: float) -> Idle:
-    pool = [threading.Thread(target=blocked.wait, daemon=True) for _ in range(IDLE_THREADS)]
+    errors: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            blocked.wait()
+        except Exception as err:
+            errors.append(err)
+
+    pool = [threading.Thread(target=wait, daemon=True) for _ in range(IDLE_THREADS)]
     for thread in pool:
         thread.start()
     time.sleep(settle)
@@ -502,4 +530,4 @@ def _idle_threads(blocked: Blocked, server: Server, settle: float, seconds: floa
         cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     waiting = sum(t.is_alive() for t in pool)
     blocked.release()
-    return 100.0 * cpu / wall, waiting, out[0]
+    return 100.0 * cpu / wall, waiting, _failures(errors), out[0]
