@@ -93,6 +93,8 @@ def _machine() -> dict[str, str]:
         "cpu model": model,
         "python": f"{platform.python_implementation()} {platform.python_version()}",
         "platform": platform.platform(),
+        # The machine is shared: how busy it was when the run started.
+        "load average (1, 5, 15 min)": ", ".join(f"{x:.2f}" for x in os.getloadavg()),
         "command": " ".join([_relative(sys.executable), *sys.argv]),
         "source": _commit(),
     }
