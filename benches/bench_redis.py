@@ -326,8 +326,9 @@ def _paced(
         f"{PROCESSES} spawned processes x {THREADS} threads acquiring in a loop for {seconds:g} s "
         f"on one budget of {RATE} requests per 1 s window, burst 1 where the limiter can say so.",
         f"utilisation = grants / ({RATE}/s x the span all processes ran together). The decision "
-        "clock is the one that decided: Permit.server_time (Redis's TIME) for ours, the client's "
-        "time.time() for the peers (the same host's clock here). windows over: grants that "
+        "clock is the one that decided: Permit.server_time (Redis's TIME) for ours, time.time() "
+        "just before the successful hit for limits (its own stamp), time.time() after the grant "
+        "for pyrate-limiter (the same host's clock here). windows over: grants that "
         f"end a 1 s window holding more than {RATE} (decision clock); the client clock is when "
         "the caller got the grant back (what a provider would see, less network jitter). "
         f"gap: between consecutive grants (decision clock); 1/{RATE} s = {1e3 / RATE:g} ms "

@@ -7,8 +7,9 @@ Two regimes, with the same limits for everyone:
 
 A contender is rebuilt by its ``key`` in every worker process (spawned processes cannot be
 handed closures). An acquire gives back the grant's stamp on the clock that decided it:
-``Permit.server_time`` (the Redis server's clock) for ours, ``None`` for the peers, which
-decide on the client's clock (the same host's, in this benchmark).
+``Permit.server_time`` (the Redis server's clock) for ours; for limits, the client's clock
+just before the successful hit (limits stamps the hit with it); ``None`` for pyrate-limiter,
+whose stamps (start time plus the delays it slept) are not the decision's time.
 """
 
 from __future__ import annotations
@@ -87,10 +88,12 @@ def _limits(key: str, rate: int, per: str = "second") -> RedisContender:
 
         def acquire() -> float | None:
             # The retry loop users write: sleep until the window says a slot frees up.
-            while not lim.hit(item, budget):
+            while True:
+                stamp = time.time()  # limits stamps the hit with the client's clock: this one
+                if lim.hit(item, budget):
+                    return stamp
                 reset = lim.get_window_stats(item, budget).reset_time
                 time.sleep(max(reset - time.time(), 0.001))
-            return None
 
         return acquire
 
@@ -99,10 +102,12 @@ def _limits(key: str, rate: int, per: str = "second") -> RedisContender:
         lim = aio.strategies.MovingWindowRateLimiter(store)
 
         async def acquire() -> float | None:
-            while not await lim.hit(item, budget):
+            while True:
+                stamp = time.time()
+                if await lim.hit(item, budget):
+                    return stamp
                 reset = (await lim.get_window_stats(item, budget)).reset_time
                 await asyncio.sleep(max(reset - time.time(), 0.001))
-            return None
 
         return acquire
 
