@@ -103,27 +103,12 @@ def _read_one(client: Redis, prefix: str, name: str) -> Budget | None:
     def k(suffix: str) -> str:
         return keys.key(prefix, name, suffix)
 
-    pipe = client.pipeline(transaction=False)
-    pipe.time()
-    pipe.hgetall(k("config"))
-    pipe.hgetall(k("state"))
-    pipe.pttl(k("config"))
-    (seconds, micros), raw_config, raw_state, pttl = pipe.execute()
-    if not raw_config:
+    head = _head(client, k)
+    if head is None:
         return None  # expired since the SCAN: gone, and left gone
-    config, state = _decoded(raw_config), _decoded(raw_state)
-    now = int(seconds) * 1_000_000 + int(micros)
+    now, config, state, pttl = head
     window_us, margin_us = _int(config, "window_us", 60_000_000), _int(config, "margin_us", 0)
-    cutoff = now - window_us - margin_us  # as the script's expire_windows
-    pipe = client.pipeline(transaction=False)
-    pipe.zrangebyscore(k("holders"), f"({now}", "+inf", withscores=True)
-    pipe.zrange(k("queue"), 0, -1)
-    pipe.zcount(k("requests"), f"({cutoff}", "+inf")
-    pipe.zrangebyscore(k("tokens"), f"({cutoff}", "+inf")
-    holders, queue, requests, token_ids = pipe.execute()
-    # Waiting: queued tickets whose lease is live (a dead process's wait no longer counts).
-    leases = client.zmscore(k("leases"), queue) if queue else []
-    amounts = client.hmget(k("amounts"), token_ids) if token_ids else []
+    holders, waiting, requests, tokens = _live(client, k, now, now - window_us - margin_us)
     rpm, tpm = _limit(config, "rpm"), _limit(config, "tpm")
     return Budget(
         name=name,
@@ -134,15 +119,53 @@ def _read_one(client: Redis, prefix: str, name: str) -> Budget | None:
         margin=margin_us / 1e6,
         burst=_int(config, "burst", 1),
         in_flight=len(holders),
-        waiting=sum(lease is not None and lease > now for lease in leases),
-        requests_in_window=None if rpm is None else int(requests),
-        tokens_in_window=None if tpm is None else sum(_int_or(a, 0) for a in amounts),
+        waiting=waiting,
+        requests_in_window=None if rpm is None else requests,
+        tokens_in_window=None if tpm is None else tokens,
         paused_for=max(_int(state, "paused_until", 0) - now, 0) / 1e6,
         recovering_for=max(_int(state, "recovering_until", 0) - now, 0) / 1e6,
-        holders=[(int(_text(g)), (score - now) / 1e6) for g, score in holders],
+        holders=holders,
         acquired=_int(state, "acquired", 0),
         timeouts=_int(state, "timeouts", 0),
         expires_in=pttl / 1e3 if pttl >= 0 else None,
+    )
+
+
+Head = tuple[int, dict[str, str], dict[str, str], int]  # now (µs), config, state, PTTL (ms)
+
+
+def _head(client: Redis, k: Callable[[str], str]) -> Head | None:
+    """The server's time, the budget's config and state hashes, and its keys' time to live."""
+    pipe = client.pipeline(transaction=False)
+    pipe.time()
+    pipe.hgetall(k("config"))
+    pipe.hgetall(k("state"))
+    pipe.pttl(k("config"))
+    (seconds, micros), config, state, pttl = pipe.execute()
+    if not config:
+        return None
+    return int(seconds) * 1_000_000 + int(micros), _decoded(config), _decoded(state), pttl
+
+
+def _live(
+    client: Redis, k: Callable[[str], str], now: int, cutoff: int
+) -> tuple[list[tuple[int, float]], int, int, int]:
+    """Holders (id, lease left), live waiters, requests and tokens counted after ``cutoff``
+    (as the script's expire_windows: an entry counts while its start is above it)."""
+    pipe = client.pipeline(transaction=False)
+    pipe.zrangebyscore(k("holders"), f"({now}", "+inf", withscores=True)
+    pipe.zrange(k("queue"), 0, -1)
+    pipe.zcount(k("requests"), f"({cutoff}", "+inf")
+    pipe.zrangebyscore(k("tokens"), f"({cutoff}", "+inf")
+    holders, queue, requests, token_ids = pipe.execute()
+    # Waiting: queued tickets whose lease is live (a dead process's wait no longer counts).
+    leases = client.zmscore(k("leases"), queue) if queue else []
+    amounts = client.hmget(k("amounts"), token_ids) if token_ids else []
+    return (
+        [(int(_text(g)), (score - now) / 1e6) for g, score in holders],
+        sum(lease is not None and lease > now for lease in leases),
+        int(requests),
+        sum(_int_or(a, 0) for a in amounts),
     )
 
 
