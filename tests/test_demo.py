@@ -96,3 +96,32 @@ def test_python_dash_m_crewthrottle_runs_the_demo(tmp_path: Path) -> None:
     row = next(line.split() for line in run.stdout.splitlines() if line.startswith("crewthrottle"))
     assert row[1:6] == ["2/2", "0", "0", "2", "0"], run.stdout
     assert (tmp_path / "c.svg").read_text(encoding="utf-8").startswith("<svg")
+
+
+def test_demo_compares_a_limiter_per_process_with_one_budget_on_redis(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], redis_url: str
+) -> None:
+    """4 crews over 2 processes, 3 requests per 3 s window: a limiter per process lets both
+    processes send their 2 at once (4 > 3: 429s); the budget shared on Redis sends none."""
+    argv = ["--processes", "2", "--crews", "4", "--rpm", "3", "--window", "3"]
+    argv += ["--max-concurrent", "2", "--latency", "0.05", "--time-limit", "20"]
+    argv += ["--redis", redis_url, "--chart", str(tmp_path / "p.svg"), "--quiet"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "split over 2 processes" in out
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line[:1].isalpha()}
+    # mode, crews ok, failed, unfinished, HTTP requests, 429s, wall, rpm used
+    assert rows["shared-redis"][1:6] == ["4/4", "0", "0", "4", "0"], out
+    assert int(rows["per-process"][5]) > 0, out
+
+
+def test_demo_says_when_it_has_no_redis(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("crewthrottle._demo.processes.shutil.which", lambda name: None)
+    assert main(["--processes", "2", "--crews", "4", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "needs a Redis server" in err and "--redis" in err and "redis-server" in err
+    with pytest.raises(SystemExit):
+        main(["--processes", "5", "--crews", "4"])
+    assert "--processes must be between 1 and --crews" in capsys.readouterr().err

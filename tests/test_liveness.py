@@ -175,3 +175,59 @@ def test_a_token_bucket_skips_waiters_of_a_closed_loop(promptly: Callable[..., A
     with gc_disabled():
         assert promptly(lambda: bucket.acquire(timeout=2)) is True
         assert bucket.stats()["cancelled"] == 2
+
+
+# -- Found by the gate's model check (src/core/gate/model.rs) and the stress test -------------
+
+
+def test_a_task_woken_in_its_loops_last_iteration_gives_its_grant_back_on_close() -> None:
+    limiter = ct.Limiter(max_concurrent=1)
+    held = limiter.acquire()
+    loop = asyncio.new_event_loop()
+    tasks: list[asyncio.Task[Any]] = []
+
+    async def main() -> None:
+        tasks.append(loop.create_task(limiter.acquire_async()))
+        while limiter.stats()["waiting"] < 1:
+            await asyncio.sleep(0.001)
+        # Handed to the task; its wake-up runs in the loop's next (and last) iteration, which
+        # also stops the loop, before the task itself can step.
+        held.release()
+
+    with gc_disabled():
+        loop.run_until_complete(main())
+        loop.close()
+        stats = limiter.stats()
+        assert (stats["in_flight"], stats["waiting"]) == (0, 0), stats
+
+
+def test_a_task_whose_grant_came_too_late_is_served_when_the_window_frees(
+    wait_until: Callable[..., None],
+) -> None:
+    # The task's loop blocks while its grant is handed to it and for longer than the window
+    # and margin after, so the grant is given back when the task takes it; by then another
+    # caller filled the window. The task must be served when that frees (1.05 s later).
+    limiter = ct.Limiter(rpm=1, window=1.0, margin=0.05)
+    limiter.acquire().release()  # the window is full for 1.05 s
+    filled = threading.Event()
+    late: dict[str, Any] = {}
+
+    def other_caller() -> None:
+        wait_until(lambda: limiter.stats()["requests_in_window"] == 0, "the window to free")
+        assert limiter.try_acquire() is None  # serves the queue: hands the task its grant
+        handed = time.monotonic()
+        wait_until(lambda: time.monotonic() > handed + 1.15, "the grant to be too late")
+        late["permit"] = limiter.try_acquire()  # the window's one request, for 1.05 s
+        filled.set()
+
+    async def main() -> bool:
+        task = asyncio.ensure_future(limiter.acquire_async())
+        await asyncio.sleep(0)  # queued, with a timer on this loop
+        threading.Thread(target=other_caller, daemon=True).start()
+        filled.wait(10)  # the loop is blocked until the window is full again
+        done, _ = await asyncio.wait({task}, timeout=3.0)
+        task.cancel()
+        return bool(done)
+
+    assert asyncio.run(main()), "the task was still waiting 3 s after the window had room"
+    assert late["permit"] is not None

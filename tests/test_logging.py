@@ -106,3 +106,30 @@ def test_the_library_prints_nothing_unless_the_app_configures_logging() -> None:
     assert any(isinstance(h, logging.NullHandler) for h in root.handlers)
     assert logging.getLogger("crewthrottle.retry").parent is root
     assert logging.getLogger("crewthrottle.limiter").parent is root
+
+
+def test_pacing_hard_is_logged_once_when_it_starts_and_once_when_it_ends(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Six callers against two requests a second: the first waiter waits past a second while
+    # others queue behind it (one line), then the queue stays empty for a window (one line).
+    caplog.set_level(logging.INFO, logger="crewthrottle")
+    limiter = ct.Limiter(rpm=2, window=1.0, margin=0.0, burst=1, name="busy")
+    threads = [
+        threading.Thread(target=lambda: limiter.acquire(timeout=10).release()) for _ in range(6)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    stats = limiter.stats()
+    assert stats["pacing_episodes"] == 1 and stats["pacing_hard_for"] is not None
+    started = [r for r in lines(caplog, logging.INFO) if "pacing hard:" in r.getMessage()]
+    assert len(started) == 1 and "'busy'" in started[0].getMessage().replace('"', "'")
+    assert "held by" in started[0].getMessage()
+    deadline = threading.Event()
+    deadline.wait(1.1)  # a whole window with nobody queued
+    assert limiter.try_acquire() is not None  # the next touch of the limiter judges it calm
+    calm = [r for r in lines(caplog, logging.INFO) if "calm again" in r.getMessage()]
+    assert len(calm) == 1
+    assert limiter.stats()["pacing_hard_for"] is None

@@ -28,7 +28,9 @@ def test_readme_has_examples() -> None:
 
 
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
-def test_readme_example_runs(index: int) -> None:
-    """Each block runs in a fresh namespace; its own asserts check what it claims."""
+def test_readme_example_runs(index: int, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each block runs in a fresh namespace; its own asserts check what it claims. Examples
+    that share a budget on Redis read the test server's URL from ``REDIS_URL``."""
+    monkeypatch.setenv("REDIS_URL", redis_url)
     code = compile(BLOCKS[index], f"README.md[python block {index}]", "exec")
     exec(code, {"__name__": f"readme_example_{index}"})

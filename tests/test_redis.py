@@ -280,3 +280,54 @@ def test_a_restarted_server_is_reconnected_to_and_treated_conservatively(
         permit.release()
     finally:
         server.cleanup()
+
+
+def test_an_unreachable_server_can_fall_back_to_a_local_share(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    backend = ct.RedisBackend(url, timeout=0.3, on_failure="local", local_share=0.5)
+    assert (backend.on_failure, backend.local_share) == ("local", 0.5)
+    limiter = ct.Limiter(max_concurrent=4, name="fallback", backend=backend)
+    with caplog.at_level("WARNING", logger="crewthrottle.limiter"):
+        held = [limiter.acquire(timeout=5) for _ in range(2)]  # half of max_concurrent
+        with pytest.raises(ct.AcquireTimeout):
+            limiter.acquire(timeout=0.1)
+        with pytest.raises(ct.AcquireTimeout):
+            asyncio.run(asyncio.wait_for(limiter.acquire_async(timeout=0.1), 5))
+    warnings = [r for r in caplog.records if "falls back" in r.getMessage()]
+    assert len(warnings) == 1 and url in warnings[0].getMessage()
+    for permit in held:
+        permit.release()
+    with limiter:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"on_failure": "local"}, "needs local_share"),
+        ({"on_failure": "local", "local_share": 0}, "local_share"),
+        ({"on_failure": "local", "local_share": 1.5}, "local_share"),
+        ({"local_share": 0.5}, "only applies"),
+        ({"on_failure": "ignore"}, "on_failure"),
+    ],
+)
+def test_the_failure_policy_is_checked(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ct.RedisBackend("redis://127.0.0.1:1/0", **kwargs)
+
+
+def test_an_announcement_reaches_every_limiter_object_of_a_budget(
+    redis_url: str, budget_name: str, promptly: Callable[..., Any]
+) -> None:
+    # Two objects naming one budget in one process share one connection: a release through one
+    # must wake a waiter of the other by announcement, not by the heartbeat (lease / 3 = 10 s).
+    holder = shared(redis_url, budget_name, max_concurrent=1, lease=30.0)
+    waiter = shared(redis_url, budget_name, max_concurrent=1, lease=30.0)
+    waiter.acquire().release()  # the waiter's object subscribes first...
+    held = holder.acquire()  # ...the holder's second
+    threading.Timer(0.2, held.release).start()
+    started = time.monotonic()
+    promptly(lambda: waiter.acquire(timeout=20).release())
+    assert time.monotonic() - started < 3

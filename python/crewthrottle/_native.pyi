@@ -58,7 +58,11 @@ class RedisBackend:
     raises ``BackendUnavailable`` within about it. ``prefix``: the first part of every key
     (``{prefix:name}:v1:...``). ``replace_limits``: these processes' limits replace the ones
     stored for a budget (by default the stored limits win, and a process given others gets
-    ``LimitsConflict``)."""
+    ``LimitsConflict``). ``on_failure``: ``"raise"`` (default: an acquisition that cannot
+    reach the server raises ``BackendUnavailable``) or ``"local"``: while it cannot, each
+    process grants from an in-process limiter with ``local_share`` (in (0, 1], e.g. 1 / the
+    number of processes) of each limit, tries the server again every ``max(timeout, 1)``
+    seconds, and logs each switch once on the ``crewthrottle.limiter`` logger."""
 
     def __new__(
         cls,
@@ -68,6 +72,8 @@ class RedisBackend:
         timeout: float = 5.0,
         prefix: str = "crewthrottle",
         replace_limits: bool = False,
+        on_failure: str = "raise",
+        local_share: float | None = None,
     ) -> Self: ...
     @property
     def url(self) -> str:
@@ -84,6 +90,12 @@ class RedisBackend:
     @property
     def replace_limits(self) -> bool:
         """Whether these limits replace the ones stored for a budget."""
+    @property
+    def on_failure(self) -> str:
+        """``"raise"`` or ``"local"`` (fall back to an in-process limiter)."""
+    @property
+    def local_share(self) -> float | None:
+        """The share of each limit a process uses alone while the server cannot be reached."""
 
 @disjoint_base
 class Semaphore:

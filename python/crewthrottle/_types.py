@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TypedDict
+from typing import TYPE_CHECKING, TypedDict
+
+if TYPE_CHECKING:  # only read by type checkers (the annotations are strings at run time)
+    from typing_extensions import NotRequired
 
 
 class WaitStats(TypedDict):
@@ -37,9 +40,17 @@ class LimiterStats(WaitStats):
     ``tokens_granted`` is ``tokens_charged - tokens_refunded``: tokens ever reserved or settled
     above the reservation, less those refunded (settled below it, or never used).
     ``blocked_by`` names the limit the last refused request met ("max_concurrent", "rpm",
-    "pacing", "tpm" or "pause"), ``None`` after a grant. ``retries``, ``give_ups``,
-    ``retries_refused`` and ``rate_limit_errors`` are what ``backoff``/``throttle`` did and saw
-    through this limiter.
+    "pacing", "tpm" or "pause"), ``None`` after a grant. ``pacing_hard_for`` is how long
+    (seconds) the limiter has been holding callers back — since its first waiter waited more
+    than a second (or a sixtieth of the window, if longer) — or ``None`` once the queue has
+    stayed empty for a window; ``pacing_episodes`` counts such episodes (each is logged once
+    at INFO on ``crewthrottle.limiter`` when it starts and when it ends). ``retries``,
+    ``give_ups``, ``retries_refused`` and ``rate_limit_errors`` are what
+    ``backoff``/``throttle`` did and saw through this limiter.
+
+    With a Redis backend the figures are the shared budget's, but for the wait-time
+    percentiles and ``max_wait``, which are this process's; ``process_waiting`` and
+    ``process_in_flight`` are this process's own waiters and permits.
     """
 
     in_flight: int
@@ -50,10 +61,14 @@ class LimiterStats(WaitStats):
     tokens_in_window: int | None
     paused_for: float
     blocked_by: str | None
+    pacing_hard_for: float | None
+    pacing_episodes: int
     retries: int
     give_ups: int
     retries_refused: int
     rate_limit_errors: int
+    process_waiting: NotRequired[int]
+    process_in_flight: NotRequired[int]
 
 
 class LimiterSnapshot(LimiterStats):
@@ -65,6 +80,7 @@ class LimiterSnapshot(LimiterStats):
     tpm: int | None
     window: float
     wait_histogram: list[tuple[float, int]]
+    shared: bool
 
 
 class BudgetStats(TypedDict):

@@ -11,6 +11,7 @@ that is closed with the task still waiting (the gate notices when it cannot wake
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -33,6 +34,19 @@ async def acquire(acquisition: Any, timeout: float | None) -> Any:
     if done:
         return value
     return await wait(value, timeout)
+
+
+async def acquire_or_fall_back(
+    acquisition: Any, timeout: float | None, fallback: Callable[[BaseException], Any]
+) -> Any:
+    """:func:`acquire` on a shared budget; if its store cannot be reached, await the in-process
+    acquisition ``fallback(error)`` returns instead (``RedisBackend(on_failure="local")``)."""
+    from crewthrottle._native import BackendUnavailable
+
+    try:
+        return await acquire(acquisition, timeout)
+    except BackendUnavailable as exc:
+        return await fallback(exc)
 
 
 async def wait(waiting: Any, timeout: float | None) -> Any:

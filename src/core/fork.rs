@@ -15,6 +15,17 @@ use std::cell::{RefCell, UnsafeCell};
 use std::sync::Arc;
 use std::sync::{Mutex, MutexGuard, PoisonError, TryLockError, Weak};
 
+// The lock inside `ForkableMutex`: std's, except in the gate's model check (tests built with
+// `--cfg shuttle`, see `gate/model.rs`), where shuttle's stands in so that the checker decides
+// every hand-off of the lock. Same API; the production build never sees shuttle.
+#[cfg(all(test, shuttle))]
+use shuttle::sync::{Mutex as InnerMutex, MutexGuard as InnerGuard};
+#[cfg(not(all(test, shuttle)))]
+use std::sync::{Mutex as InnerMutex, MutexGuard as InnerGuard};
+
+/// The guard of a locked [`ForkableMutex`].
+pub type ForkableGuard<'a, T> = InnerGuard<'a, T>;
+
 /// What survives in a forked child: the thread that forked, and the tasks of the event loop
 /// it was running (if any). Every other thread and loop of the parent is gone.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -101,7 +112,7 @@ pub unsafe fn after_fork_in_child() {
 /// or "parked" with waiters that do not exist (then even `force_unlock` would hand the lock to
 /// one of them). [`ForkableMutex::reset_in_child`] moves the data into a brand-new mutex.
 pub struct ForkableMutex<T> {
-    cell: UnsafeCell<Mutex<T>>,
+    cell: UnsafeCell<InnerMutex<T>>,
 }
 
 // SAFETY: shared access only ever goes through the inner `Mutex` (which is Sync for T: Send);
@@ -120,17 +131,17 @@ impl<T> ForkableMutex<T> {
     /// A new, unlocked mutex.
     pub const fn new(value: T) -> Self {
         ForkableMutex {
-            cell: UnsafeCell::new(Mutex::new(value)),
+            cell: UnsafeCell::new(InnerMutex::new(value)),
         }
     }
 
     /// Locks it. Nothing panics while holding one, but a poisoned lock is used as it is.
-    pub fn lock(&self) -> MutexGuard<'_, T> {
+    pub fn lock(&self) -> InnerGuard<'_, T> {
         self.mutex().lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Locks it if it is free this instant.
-    pub fn try_lock(&self) -> Option<MutexGuard<'_, T>> {
+    pub fn try_lock(&self) -> Option<InnerGuard<'_, T>> {
         match self.mutex().try_lock() {
             Ok(guard) => Some(guard),
             Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
@@ -138,7 +149,7 @@ impl<T> ForkableMutex<T> {
         }
     }
 
-    fn mutex(&self) -> &Mutex<T> {
+    fn mutex(&self) -> &InnerMutex<T> {
         // SAFETY: the cell is only replaced in a single-threaded child with no guard alive.
         unsafe { &*self.cell.get() }
     }
@@ -162,7 +173,7 @@ impl<T> ForkableMutex<T> {
         // dropped, so the value is neither dropped nor duplicated.
         unsafe {
             let value = std::ptr::read(mutex.get_mut().unwrap_or_else(PoisonError::into_inner));
-            std::ptr::write(mutex, Mutex::new(value));
+            std::ptr::write(mutex, InnerMutex::new(value));
         }
     }
 }

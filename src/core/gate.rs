@@ -23,8 +23,10 @@ use super::fork::{AfterFork, ForkableMutex, Survivors};
 use super::notify::{Context, Delivery, Notifier};
 use super::wait_times::WaitTimes;
 
+pub mod pressure;
 pub mod watch;
 
+use pressure::{Pressure, PressureEvent, Thresholds};
 use watch::Watch;
 
 /// What a resource says about a request at an instant.
@@ -64,6 +66,21 @@ pub trait Resource: Send + 'static {
     fn pick_up(&mut self, grant: Self::Grant, granted: Nanos, now: Nanos) -> Option<Self::Grant> {
         let _ = (granted, now);
         Some(grant)
+    }
+
+    /// The caller of a request now owns `grant` (at once, or taken after waiting).
+    fn taken(&mut self, grant: &Self::Grant) {
+        let _ = grant;
+    }
+
+    /// When the gate should report "pacing hard" (`None`: never).
+    fn pressure_thresholds(&self) -> Option<Thresholds> {
+        None
+    }
+
+    /// The limit that held the last request refused, for the "pacing hard" report.
+    fn blocked_by(&self) -> Option<&'static str> {
+        None
     }
 
     /// Called in a forked child. `intact` is false when another thread of the parent held
@@ -130,6 +147,10 @@ pub struct WaitFigures<'a> {
     pub waiting: usize,
     /// Recent and cumulative wait times.
     pub times: &'a WaitTimes,
+    /// When the current "pacing hard" episode started, if one is under way.
+    pub pressed_since: Option<Nanos>,
+    /// "Pacing hard" episodes so far.
+    pub pressure_episodes: u64,
 }
 
 struct Waiter<Req> {
@@ -159,6 +180,7 @@ struct State<R: Resource> {
     next_ticket: u64,
     counters: GateCounters,
     times: WaitTimes,
+    pressure: Pressure,
 }
 
 /// What a call under the lock leaves to do once the lock is dropped: waiters to notify, and
@@ -167,12 +189,17 @@ struct State<R: Resource> {
 struct Outbox {
     wake: Vec<(u64, Notifier)>,
     drop: Vec<Notifier>,
+    pressure: Option<PressureEvent>,
 }
+
+/// Told of every change of pressure, after the lock is dropped (it may call into Python).
+pub type PressureHook = Box<dyn Fn(&PressureEvent) + Send + Sync>;
 
 /// A FIFO queue of waiters in front of a resource. Thread-safe; all methods take `&self`.
 pub struct Gate<R: Resource> {
     state: ForkableMutex<State<R>>,
     clock: Clock,
+    pressure_hook: std::sync::OnceLock<PressureHook>,
 }
 
 impl<R: Resource> Gate<R> {
@@ -186,11 +213,18 @@ impl<R: Resource> Gate<R> {
             next_ticket: 0,
             counters: GateCounters::default(),
             times: WaitTimes::default(),
+            pressure: Pressure::default(),
         };
         Gate {
             state: ForkableMutex::new(state),
             clock,
+            pressure_hook: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Installs the hook told of every change of pressure (once; later calls are ignored).
+    pub fn on_pressure(&self, hook: PressureHook) {
+        let _ = self.pressure_hook.set(hook);
     }
 
     /// The clock this gate reads.
@@ -259,8 +293,9 @@ impl<R: Resource> Gate<R> {
         self.locked(|st, now, outbox| {
             let head_retry = dispatch(st, now, outbox);
             match take_locked(st, ticket.0, now, outbox) {
-                Some(grant) => Polled::Ready(grant),
-                None => register(st, ticket.0, notifier, head_retry, outbox),
+                Take::Taken(grant) => Polled::Ready(grant),
+                Take::NotHanded => register(st, ticket.0, notifier, head_retry, outbox),
+                Take::Requeued(retry) => register(st, ticket.0, notifier, retry, outbox),
             }
         })
     }
@@ -286,7 +321,7 @@ impl<R: Resource> Gate<R> {
     /// line, to be polled again.
     pub fn take(&self, ticket: Ticket) -> Polled<R::Grant> {
         self.locked(|st, now, outbox| {
-            if let Some(grant) = take_locked(st, ticket.0, now, outbox) {
+            if let Take::Taken(grant) = take_locked(st, ticket.0, now, outbox) {
                 return Polled::Ready(grant);
             }
             if st.queue.contains_key(&ticket.0) {
@@ -318,8 +353,8 @@ impl<R: Resource> Gate<R> {
     /// Reads the resource (at `now`) and the waiting figures. The resource is `&mut` only so
     /// it can drop expired history; nobody is served by a read.
     pub fn inspect<T>(&self, read: impl FnOnce(&mut R, &WaitFigures<'_>, Nanos) -> T) -> T {
-        let now = self.clock.now();
         let mut st = self.state.lock();
+        let now = self.clock.now();
         read_state(&mut st, read, now)
     }
 
@@ -329,8 +364,8 @@ impl<R: Resource> Gate<R> {
         &self,
         read: impl FnOnce(&mut R, &WaitFigures<'_>, Nanos) -> T,
     ) -> Option<T> {
-        let now = self.clock.now();
         let mut st = self.state.try_lock()?;
+        let now = self.clock.now();
         Some(read_state(&mut st, read, now))
     }
 
@@ -344,9 +379,20 @@ impl<R: Resource> Gate<R> {
 
     /// Runs `f` under the lock, then sends the notifications it collected.
     fn locked<T>(&self, f: impl FnOnce(&mut State<R>, Nanos, &mut Outbox) -> T) -> T {
-        let now = self.clock.now();
         let mut outbox = Outbox::default();
-        let out = f(&mut self.state.lock(), now, &mut outbox);
+        let out = {
+            let mut st = self.state.lock();
+            // Read under the lock: a caller that waited for it must not decide with the time
+            // it had before (issue 9, found by the model check: a late grant re-dated to
+            // before a decision that no longer counted it).
+            let now = self.clock.now();
+            let out = f(&mut st, now, &mut outbox);
+            outbox.pressure = judge_pressure(&mut st, now);
+            out
+        };
+        if let (Some(event), Some(hook)) = (outbox.pressure.take(), self.pressure_hook.get()) {
+            hook(&event);
+        }
         self.deliver(outbox);
         out
     }
@@ -354,6 +400,9 @@ impl<R: Resource> Gate<R> {
     /// Wakes waiters (outside the lock). A waiter that can never run again is abandoned —
     /// giving back any grant made for it — and whoever that serves is woken in turn.
     fn deliver(&self, mut outbox: Outbox) {
+        if outbox.wake.is_empty() && outbox.drop.is_empty() {
+            return; // the common case: nobody to wake
+        }
         loop {
             drop(std::mem::take(&mut outbox.drop));
             let gone: Vec<u64> = std::mem::take(&mut outbox.wake)
@@ -364,8 +413,8 @@ impl<R: Resource> Gate<R> {
             if gone.is_empty() {
                 return;
             }
-            let now = self.clock.now();
             let mut st = self.state.lock();
+            let now = self.clock.now();
             for id in gone {
                 abandon_locked(&mut st, id, Abandon::Gone, now, &mut outbox);
             }
@@ -436,14 +485,28 @@ fn read_state<R: Resource, T>(
         queue,
         counters,
         times,
+        pressure,
         ..
     } = st;
     let figures = WaitFigures {
         counters: *counters,
         waiting: queue.len(),
         times,
+        pressed_since: pressure.since(),
+        pressure_episodes: pressure.episodes(),
     };
     read(resource, &figures, now)
+}
+
+fn judge_pressure<R: Resource>(st: &mut State<R>, now: Nanos) -> Option<PressureEvent> {
+    if st.queue.is_empty() && st.pressure.is_calm() {
+        return None; // the common case: nobody waits, and nothing to end
+    }
+    let thresholds = st.resource.pressure_thresholds()?;
+    let head_since = st.queue.first_key_value().map(|(_, w)| w.since);
+    let reason = st.resource.blocked_by();
+    st.pressure
+        .judge(thresholds, head_since, st.queue.len(), reason, now)
 }
 
 /// Takes the grant handed to `id`, if any. One taken too late is given back and the waiter
@@ -454,20 +517,35 @@ fn take_locked<R: Resource>(
     id: u64,
     now: Nanos,
     outbox: &mut Outbox,
-) -> Option<R::Grant> {
-    let handed = st.handed.remove(&id)?;
+) -> Take<R::Grant> {
+    let Some(handed) = st.handed.remove(&id) else {
+        return Take::NotHanded;
+    };
     if let Some(grant) = pick_up(st, id, handed, now) {
-        return Some(grant);
+        return Take::Taken(grant);
     }
-    dispatch(st, now, outbox);
-    let handed = st.handed.remove(&id)?;
-    pick_up(st, id, handed, now)
+    let head_retry = dispatch(st, now, outbox);
+    match st.handed.remove(&id).and_then(|h| pick_up(st, id, h, now)) {
+        Some(grant) => Take::Taken(grant),
+        None => Take::Requeued(head_retry),
+    }
+}
+
+/// What a waiter coming for its grant found.
+enum Take<G> {
+    Taken(G),
+    /// No grant was handed to it.
+    NotHanded,
+    /// Its grant came too late: it waits again, first in line; the head's retry instant as
+    /// served again (issue 9: its timer must be armed from this, found by the stress test).
+    Requeued(Option<Nanos>),
 }
 
 /// Takes `request` from the resource for a caller that did not queue.
 fn take_now<R: Resource>(st: &mut State<R>, request: &R::Request, now: Nanos) -> Option<R::Grant> {
     match st.resource.try_take(request, now) {
         Check::Granted(grant) => {
+            st.resource.taken(&grant);
             record_grant(st, 0, now);
             Some(grant)
         }
@@ -500,6 +578,7 @@ fn pick_up<R: Resource>(
     } = handed;
     match st.resource.pick_up(grant, granted, now) {
         Some(grant) => {
+            st.resource.taken(&grant);
             record_grant(st, now.as_u64().saturating_sub(since.as_u64()), now);
             Some(grant)
         }
@@ -600,5 +679,7 @@ fn dispatch<R: Resource>(st: &mut State<R>, now: Nanos, outbox: &mut Outbox) -> 
     None
 }
 
+#[cfg(all(test, shuttle))]
+mod model;
 #[cfg(test)]
 mod tests;

@@ -18,6 +18,7 @@
 
 use super::clock::{nanos_of_secs, Nanos};
 use super::error::InvalidArgument;
+use super::gate::pressure::Thresholds;
 use super::gate::{Check, Resource};
 use super::pacer::Pacer;
 use super::sliding_window::{Receipt, SlidingWindow};
@@ -31,6 +32,9 @@ pub use config::{default_margin, LimiterConfig, MAX_COUNT};
 pub struct LimiterRequest {
     /// Tokens to reserve (0 when the call's size is unknown or `tpm` is not limited).
     pub tokens: u64,
+    /// For a `with limiter:` block: once taken, the grant is kept by the limiter (lent), to be
+    /// released by the block's exit ([`LimiterBudget::release_lent`]).
+    pub lend: bool,
 }
 
 /// What a granted request owns: one concurrency slot and its reserved tokens.
@@ -43,6 +47,10 @@ pub struct LimiterGrant {
     tokens: Option<(Receipt, u64)>,
     /// Tokens currently charged for this grant (reserved, then corrected by `settle`).
     pub charged: u64,
+    /// Kept by the limiter once taken (see [`LimiterRequest::lend`]).
+    lend: bool,
+    /// When the request started, as the windows count it (re-dated by a late pick-up).
+    pub started: Nanos,
 }
 
 /// Live figures for `stats()`.
@@ -137,11 +145,6 @@ impl LimiterBudget {
         if grant.generation == self.generation {
             self.in_flight = self.in_flight.saturating_sub(1);
         }
-    }
-
-    /// Keeps `grant` for a `with limiter:` block, to release with [`Self::release_lent`].
-    pub fn lend(&mut self, grant: LimiterGrant) {
-        self.lent.push(grant);
     }
 
     /// Releases one grant kept by [`Self::lend`]; false if there is none (a block entered
@@ -309,16 +312,18 @@ impl Resource for LimiterBudget {
         }
         self.in_flight += 1;
         self.tokens_charged = self.tokens_charged.saturating_add(*tokens);
-        let request = self.requests.as_mut().map(|w| w.record(1, now));
+        let receipt = self.requests.as_mut().map(|w| w.record(1, now));
         let token_receipt = match (&mut self.tokens, *tokens) {
             (Some(window), t) if t > 0 => Some((window.record(t, now), t)),
             _ => None,
         };
         Check::Granted(LimiterGrant {
             generation: self.generation,
-            request,
+            request: receipt,
             tokens: token_receipt,
             charged: *tokens,
+            lend: request.lend,
+            started: now,
         })
     }
 
@@ -339,6 +344,26 @@ impl Resource for LimiterBudget {
         if let (Some(window), Some((receipt, ours))) = (&mut self.tokens, grant.tokens) {
             window.refund(receipt, ours);
         }
+    }
+
+    fn taken(&mut self, grant: &LimiterGrant) {
+        if grant.lend {
+            self.lent.push(*grant);
+        }
+    }
+
+    fn pressure_thresholds(&self) -> Option<Thresholds> {
+        // Pacing hard: the head waited a second, or a sixtieth of the window if longer (a
+        // request per window of a minute); calm again after a whole window with nobody queued.
+        let window = self.config.window_ns();
+        Some(Thresholds {
+            start_after: (window / 60).max(1_000_000_000),
+            calm_after: self.config.counted_ns(),
+        })
+    }
+
+    fn blocked_by(&self) -> Option<&'static str> {
+        self.blocked.map(Blocked::name)
     }
 
     fn pick_up(
@@ -365,6 +390,7 @@ impl Resource for LimiterBudget {
         if let (Some(window), Some((receipt, ours))) = (&mut self.tokens, grant.tokens) {
             grant.tokens = Some((window.move_to(receipt, ours, now), ours));
         }
+        grant.started = now;
         Some(grant)
     }
 

@@ -16,6 +16,18 @@ pub trait WaitQueue: Send + Sync + 'static {
     /// What a caller owns once granted.
     type Grant: Send;
 
+    /// Whether [`WaitQueue::acquire`] with `may_block` may wait on I/O (a remote store): the
+    /// edge then releases the GIL around it, and calls [`WaitQueue::taken`] once it holds the
+    /// GIL again. An in-process store decides at once, with the GIL held, so that a grant is
+    /// counted from when its caller can use it.
+    const REMOTE: bool;
+
+    /// A grant made at once by a remote store, taken now that its caller holds the GIL again
+    /// (counted from now if that was late).
+    fn taken(&self, grant: &mut Self::Grant) {
+        let _ = grant;
+    }
+
     /// Rejects a request that can never be granted, without waiting.
     ///
     /// # Errors
@@ -75,6 +87,7 @@ pub trait WaitQueue: Send + Sync + 'static {
 impl<R: Resource> WaitQueue for Gate<R> {
     type Request = R::Request;
     type Grant = R::Grant;
+    const REMOTE: bool = false;
 
     fn validate(&self, request: &R::Request) -> Result<(), QueueError> {
         Ok(Gate::validate(self, request)?)

@@ -37,8 +37,9 @@ struct Slot {
 /// Recent and cumulative wait times of one gate.
 pub struct WaitTimes {
     slots: Box<[Slot; SLOTS]>,
-    /// Waits at most each of [`CUMULATIVE_BOUNDS`], since the start; the last counts all.
-    cumulative: [u64; CUMULATIVE_BOUNDS.len() + 1],
+    /// Waits in each span between two of [`CUMULATIVE_BOUNDS`] (the last: above them all),
+    /// since the start; summed up when read.
+    spans: [u64; CUMULATIVE_BOUNDS.len() + 1],
 }
 
 impl Default for WaitTimes {
@@ -50,7 +51,7 @@ impl Default for WaitTimes {
         };
         WaitTimes {
             slots: Box::new(std::array::from_fn(|_| slot.clone())),
-            cumulative: [0; CUMULATIVE_BOUNDS.len() + 1],
+            spans: [0; CUMULATIVE_BOUNDS.len() + 1],
         }
     }
 }
@@ -69,10 +70,8 @@ impl WaitTimes {
         *bucket = bucket.saturating_add(1);
         slot.max = slot.max.max(waited);
         let secs = waited as f64 / 1e9;
-        let first = CUMULATIVE_BOUNDS.partition_point(|&bound| bound < secs);
-        for count in &mut self.cumulative[first..] {
-            *count = count.saturating_add(1);
-        }
+        let span = &mut self.spans[CUMULATIVE_BOUNDS.partition_point(|&bound| bound < secs)];
+        *span = span.saturating_add(1);
     }
 
     /// The `q`-quantiles (0 < q <= 1) of the waits recorded in the recent slots, in
@@ -111,8 +110,12 @@ impl WaitTimes {
 
     /// Cumulative counts of waits at most each of [`CUMULATIVE_BOUNDS`] seconds, then of
     /// all waits.
-    pub fn cumulative(&self) -> &[u64; CUMULATIVE_BOUNDS.len() + 1] {
-        &self.cumulative
+    pub fn cumulative(&self) -> [u64; CUMULATIVE_BOUNDS.len() + 1] {
+        let mut total = 0u64;
+        self.spans.map(|count| {
+            total = total.saturating_add(count);
+            total
+        })
     }
 }
 

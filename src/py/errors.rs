@@ -51,6 +51,18 @@ impl From<OverRelease> for PyErr {
     }
 }
 
+/// `AcquireTimeout` for a wait of `timeout` seconds.
+pub fn timeout_error(timeout: f64) -> PyErr {
+    AcquireTimeout::new_err(format!("no permit within the timeout of {timeout} s"))
+}
+
+/// A grant reached the other kind of store than the one that made it: a bug.
+pub fn wrong_store() -> PyErr {
+    PyRuntimeError::new_err(
+        "crewthrottle: a grant reached the wrong store (please report this bug)",
+    )
+}
+
 /// A waiter's ticket vanished from its gate: a bug, reported rather than hung on.
 pub fn lost_ticket() -> PyErr {
     PyRuntimeError::new_err("crewthrottle: a waiting ticket was lost (please report this bug)")

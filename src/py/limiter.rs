@@ -7,14 +7,16 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use super::args;
-use super::limiter_engine::{timeout_error, Engine};
+use super::errors::timeout_error;
+use super::limiter_engine::{Engine, Fallback};
 use super::limiter_shared::{LimiterShared, RetryEvent};
 use super::permit::Permit;
 use super::redis_backend::RedisBackend;
 use super::semaphore::qualified_name;
 use super::wait;
 use crate::core::clock::Clock;
-use crate::core::gate::Gate;
+use crate::core::gate::pressure::PressureEvent;
+use crate::core::gate::{Gate, PressureHook};
 use crate::core::limiter::{LimiterBudget, LimiterConfig, LimiterRequest};
 use crate::store::redis::RedisQueue;
 
@@ -29,7 +31,38 @@ pub struct Limiter {
 
 fn request(tokens: Option<&Bound<'_, PyAny>>) -> PyResult<LimiterRequest> {
     let tokens = args::optional_count(tokens, "tokens", 0)?.unwrap_or(0);
-    Ok(LimiterRequest { tokens })
+    Ok(LimiterRequest {
+        tokens,
+        lend: false,
+    })
+}
+
+/// Logs each change of pressure once, at INFO on `crewthrottle.limiter` (issue 11): when
+/// callers start being held back, and when the limiter is calm again.
+fn pressure_log(name: Option<&str>) -> PressureHook {
+    let who = name.map_or_else(
+        || "an unnamed limiter".to_owned(),
+        |n| format!("limiter {n:?}"),
+    );
+    Box::new(move |event| {
+        let message = match event {
+            PressureEvent::Started {
+                waited_ns,
+                waiting,
+                reason,
+            } => format!(
+                "{who} is pacing hard: its first waiter has waited {:.2} s ({} waiting; held by {})",
+                *waited_ns as f64 / 1e9,
+                waiting,
+                reason.unwrap_or("the queue")
+            ),
+            PressureEvent::Ended { lasted_ns } => format!(
+                "{who} is calm again, after {:.1} s of pacing hard",
+                *lasted_ns as f64 / 1e9
+            ),
+        };
+        crate::store::log::log(crate::store::log::Level::Info, &message);
+    })
 }
 
 /// The engine for `config`: in memory, or on the backend under `name`.
@@ -40,6 +73,7 @@ fn engine(
 ) -> PyResult<(Engine, Option<Py<RedisBackend>>)> {
     let Some(backend) = backend.filter(|b| !b.is_none()) else {
         let gate = Gate::new(LimiterBudget::new(config), Clock::monotonic());
+        gate.on_pressure(pressure_log(name));
         return Ok((Engine::Memory(Arc::new(gate)), None));
     };
     let Ok(redis) = backend.cast::<RedisBackend>() else {
@@ -54,8 +88,16 @@ fn engine(
              name shares one budget",
         ));
     };
-    let queue = RedisQueue::new(redis.get().settings(), name, config);
-    Ok((Engine::Redis(queue), Some(redis.clone().unbind())))
+    let settings = redis.get().settings();
+    let fallback = match settings.local_share {
+        Some(share) => {
+            let retry_after = settings.timeout.max(std::time::Duration::from_secs(1));
+            Some(Arc::new(Fallback::new(&config, share, retry_after, name)?))
+        }
+        None => None,
+    };
+    let queue = RedisQueue::new(settings, name, config);
+    Ok((Engine::Redis(queue, fallback), Some(redis.clone().unbind())))
 }
 
 #[pymethods]
@@ -92,6 +134,7 @@ impl Limiter {
                 .map(|m| args::number(m, "margin"))
                 .transpose()?,
         )?;
+        super::logging::install();
         let (engine, backend) = engine(config, name.as_deref(), backend)?;
         let shared = LimiterShared::new(py, engine.clone(), config, name);
         Ok(Limiter {
@@ -290,7 +333,7 @@ impl Limiter {
                     .inspect(|budget, waits, now| (budget.figures(now).in_flight, waits.waiting));
                 (f, w, String::new())
             }
-            Engine::Redis(queue) => {
+            Engine::Redis(queue, _) => {
                 let (waiting, holding) = queue.local_counts();
                 (holding as u64, waiting, format!(" on {}", queue.url()))
             }

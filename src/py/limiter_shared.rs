@@ -67,8 +67,8 @@ impl RetryCounts {
     }
 }
 
-/// Words of a published snapshot: the limiter's seven, then its waiting figures.
-const WORDS: usize = 7 + WaitSummary::WORDS;
+/// Words of a published snapshot: the limiter's nine, then its waiting figures.
+const WORDS: usize = 9 + WaitSummary::WORDS;
 /// `None` in a published word.
 const ABSENT: u64 = u64::MAX;
 
@@ -79,6 +79,9 @@ pub struct Figures {
     pub paused_for: f64,
     pub blocked: Option<&'static str>,
     pub waits: WaitSummary,
+    /// Seconds since the current "pacing hard" episode started, if one is under way.
+    pub pacing_hard_for: Option<f64>,
+    pub pacing_episodes: u64,
 }
 
 impl Figures {
@@ -92,6 +95,10 @@ impl Figures {
             paused_for,
             blocked: budget.blocked().map(|b| b.name()),
             waits: WaitSummary::of(waits, now),
+            pacing_hard_for: waits
+                .pressed_since
+                .map(|since| now.as_u64().saturating_sub(since.as_u64()) as f64 / 1e9),
+            pacing_episodes: waits.pressure_episodes,
         }
     }
 
@@ -120,6 +127,8 @@ impl Figures {
             paused_for: count(5) as f64 / 1e6,
             blocked: None,
             waits: WaitSummary::shared(counters, count(2) as usize),
+            pacing_hard_for: None,
+            pacing_episodes: 0,
         }
     }
 
@@ -134,6 +143,8 @@ impl Figures {
         stats.set_item("tokens_in_window", b.tokens_in_window)?;
         stats.set_item("paused_for", self.paused_for)?;
         stats.set_item("blocked_by", self.blocked)?;
+        stats.set_item("pacing_hard_for", self.pacing_hard_for)?;
+        stats.set_item("pacing_episodes", self.pacing_episodes)?;
         Ok(())
     }
 
@@ -148,6 +159,8 @@ impl Figures {
             b.tokens_in_window.unwrap_or(ABSENT),
             self.paused_for.to_bits(),
             blocked_word(self.blocked),
+            self.pacing_hard_for.map_or(ABSENT, f64::to_bits),
+            self.pacing_episodes,
         ];
         words[..head.len()].copy_from_slice(&head);
         let waits = self.waits.to_words();
@@ -169,7 +182,9 @@ impl Figures {
             budget,
             paused_for: f64::from_bits(words[5]),
             blocked: BLOCKED_NAMES.get(words[6] as usize).copied().flatten(),
-            waits: WaitSummary::from_words(&words[7..]),
+            pacing_hard_for: (words[7] != ABSENT).then(|| f64::from_bits(words[7])),
+            pacing_episodes: words[8],
+            waits: WaitSummary::from_words(&words[9..]),
         }
     }
 }
@@ -232,15 +247,16 @@ impl LimiterShared {
     pub fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let figures = match &self.engine {
             Engine::Memory(gate) => gate.inspect(Figures::read),
-            Engine::Redis(queue) => {
+            Engine::Redis(queue, _) => {
                 let values = py.detach(|| queue.stats())?;
-                let figures = Figures::of_shared(&values);
+                let mut figures = Figures::of_shared(&values);
+                queue.with_wait_times(|times, now| figures.waits.add_local_times(times, now));
                 self.published.publish(&figures.to_words());
                 figures
             }
         };
         let stats = self.dict(py, &figures)?;
-        if let Engine::Redis(queue) = &self.engine {
+        if let Engine::Redis(queue, _) = &self.engine {
             let (waiting, holding) = queue.local_counts();
             stats.set_item("process_waiting", waiting)?;
             stats.set_item("process_in_flight", holding)?;
@@ -254,7 +270,7 @@ impl LimiterShared {
     fn figures_now(&self) -> Figures {
         let fresh = match &self.engine {
             Engine::Memory(gate) => gate.try_inspect(Figures::read),
-            Engine::Redis(_) => None,
+            Engine::Redis(..) => None,
         };
         match fresh {
             Some(figures) => {
@@ -265,7 +281,7 @@ impl LimiterShared {
                 (Some(words), _) => Figures::from_words(&words),
                 // Never read before, and busy now: read once, briefly, under the lock.
                 (None, Engine::Memory(gate)) => gate.inspect(Figures::read),
-                (None, Engine::Redis(_)) => Figures::of_shared(&[]),
+                (None, Engine::Redis(..)) => Figures::of_shared(&[]),
             },
         }
     }
@@ -288,7 +304,7 @@ impl LimiterShared {
         snapshot.set_item("tpm", c.tpm)?;
         snapshot.set_item("window", c.window)?;
         snapshot.set_item("wait_histogram", figures.waits.buckets())?;
-        snapshot.set_item("shared", matches!(self.engine, Engine::Redis(_)))?;
+        snapshot.set_item("shared", matches!(self.engine, Engine::Redis(..)))?;
         Ok(snapshot)
     }
 }
@@ -298,7 +314,12 @@ impl AfterFork for LimiterShared {
         // SAFETY: passed on from our caller.
         match &self.engine {
             Engine::Memory(gate) => unsafe { gate.reset_in_child(survivors) },
-            Engine::Redis(queue) => unsafe { queue.reset_in_child(survivors) },
+            Engine::Redis(queue, fallback) => unsafe {
+                queue.reset_in_child(survivors);
+                if let Some(fallback) = fallback {
+                    fallback.gate().reset_in_child(survivors);
+                }
+            },
         }
     }
 

@@ -7,6 +7,7 @@ pub mod fork;
 pub mod limiter;
 pub mod limiter_engine;
 pub mod limiter_shared;
+pub mod logging;
 pub mod permit;
 pub mod redis_backend;
 pub mod retry_budget;

@@ -139,6 +139,20 @@ impl Permit {
         }
     }
 
+    /// When the request started as the limiter counts it, in seconds on the limiter's clock
+    /// (private: lets tests check the windows exactly, tests/test_stress.py).
+    #[getter]
+    fn _started(&self) -> Option<f64> {
+        match &self.held {
+            Held::Memory { gate, grant } => {
+                // SAFETY: under the gate's lock (see `Held::Memory`).
+                let started = gate.inspect(|_, _, _| unsafe { (*grant.get()).started });
+                Some(started.as_u64() as f64 / 1e9)
+            }
+            Held::Redis { .. } => None,
+        }
+    }
+
     /// Whether the permit has been released.
     #[getter]
     fn released(&self) -> bool {

@@ -39,32 +39,51 @@ fn duration(
     Ok(Duration::from_secs_f64(secs))
 }
 
-/// The stores log their warnings on the `crewthrottle.limiter` logger, from any thread.
-fn install_log_sink() {
-    crate::store::log::install(Box::new(|message| {
-        // `try_attach`: an I/O thread may log while the interpreter is shutting down.
-        let _ = Python::try_attach(|py| -> PyResult<()> {
-            py.import("logging")?
-                .call_method1("getLogger", ("crewthrottle.limiter",))?
-                .call_method1("warning", (message,))?;
-            Ok(())
-        });
-    }));
+/// `on_failure` and `local_share`: the share of each limit a process grants by itself while
+/// the server cannot be reached (`None`: raise).
+fn failure_policy(
+    on_failure: &str,
+    local_share: Option<&Bound<'_, PyAny>>,
+) -> PyResult<Option<f64>> {
+    let share = local_share
+        .filter(|s| !s.is_none())
+        .map(|s| args::number(s, "local_share"))
+        .transpose()?;
+    match (on_failure, share) {
+        ("raise", None) => Ok(None),
+        ("raise", Some(_)) => Err(PyValueError::new_err(
+            "local_share only applies with on_failure=\"local\"",
+        )),
+        ("local", Some(share)) if share > 0.0 && share <= 1.0 => Ok(Some(share)),
+        ("local", Some(share)) => Err(PyValueError::new_err(format!(
+            "local_share must be in (0, 1], got {share}"
+        ))),
+        ("local", None) => Err(PyValueError::new_err(
+            "on_failure=\"local\" needs local_share: the share of each limit one process may \
+             use alone (e.g. 1 / the number of processes)",
+        )),
+        (other, _) => Err(PyValueError::new_err(format!(
+            "on_failure must be \"raise\" or \"local\", got {other:?}"
+        ))),
+    }
 }
 
 #[pymethods]
 impl RedisBackend {
     #[new]
     #[pyo3(
-        signature = (url = "redis://127.0.0.1:6379/0".to_owned(), *, lease = None, timeout = None, prefix = "crewthrottle".to_owned(), replace_limits = false),
-        text_signature = "(url='redis://127.0.0.1:6379/0', *, lease=30.0, timeout=5.0, prefix='crewthrottle', replace_limits=False)"
+        signature = (url = "redis://127.0.0.1:6379/0".to_owned(), *, lease = None, timeout = None, prefix = "crewthrottle".to_owned(), replace_limits = false, on_failure = "raise".to_owned(), local_share = None),
+        text_signature = "(url='redis://127.0.0.1:6379/0', *, lease=30.0, timeout=5.0, prefix='crewthrottle', replace_limits=False, on_failure='raise', local_share=None)"
     )]
+    #[allow(clippy::too_many_arguments)] // the keyword-only Python constructor
     fn new(
         url: String,
         lease: Option<&Bound<'_, PyAny>>,
         timeout: Option<&Bound<'_, PyAny>>,
         prefix: String,
         replace_limits: bool,
+        on_failure: String,
+        local_share: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         if !(url.starts_with("redis://")
             || url.starts_with("unix://")
@@ -79,14 +98,16 @@ impl RedisBackend {
                 "prefix must be non-empty text without braces, got {prefix:?}"
             )));
         }
+        let local_share = failure_policy(&on_failure, local_share)?;
         let settings = RedisSettings {
             url,
             lease: duration(lease, "lease", 30.0)?,
             timeout: duration(timeout, "timeout", 5.0)?,
             prefix,
             replace_limits,
+            local_share,
         };
-        install_log_sink();
+        super::logging::install();
         Ok(RedisBackend { settings })
     }
 
@@ -112,6 +133,22 @@ impl RedisBackend {
     #[getter]
     fn prefix(&self) -> &str {
         &self.settings.prefix
+    }
+
+    /// "raise" (the default) or "local" (fall back to an in-process limiter).
+    #[getter]
+    fn on_failure(&self) -> &str {
+        if self.settings.local_share.is_some() {
+            "local"
+        } else {
+            "raise"
+        }
+    }
+
+    /// The share of each limit a process uses alone while the server cannot be reached.
+    #[getter]
+    fn local_share(&self) -> Option<f64> {
+        self.settings.local_share
     }
 
     /// Whether limiters made with this backend replace the limits stored for their budget.

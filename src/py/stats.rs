@@ -5,7 +5,7 @@ use pyo3::types::PyDict;
 
 use crate::core::clock::Nanos;
 use crate::core::gate::{GateCounters, WaitFigures};
-use crate::core::wait_times::CUMULATIVE_BOUNDS;
+use crate::core::wait_times::{WaitTimes, CUMULATIVE_BOUNDS};
 
 /// `None` in a published word.
 const ABSENT: u64 = u64::MAX;
@@ -30,7 +30,7 @@ impl WaitSummary {
             counters: figures.counters,
             waiting: figures.waiting,
             quantiles: figures.times.quantiles(QUANTILES, now),
-            cumulative: *figures.times.cumulative(),
+            cumulative: figures.times.cumulative(),
         }
     }
 
@@ -42,6 +42,17 @@ impl WaitSummary {
             quantiles: None,
             cumulative: [0; CUMULATIVE_BOUNDS.len() + 1],
         }
+    }
+
+    /// Adds this process's wait times to a shared budget's figures: its percentiles, longest
+    /// wait and buckets.
+    pub fn add_local_times(&mut self, times: &WaitTimes, now: Nanos) {
+        self.quantiles = times.quantiles(QUANTILES, now);
+        self.cumulative = times.cumulative();
+        self.counters.max_wait_ns = self
+            .quantiles
+            .map_or(0, |q| q[2])
+            .max(self.counters.max_wait_ns);
     }
 
     /// Waiters queued.

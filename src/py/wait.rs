@@ -54,10 +54,18 @@ pub fn block_on<Q: WaitQueue>(
     request: Q::Request,
     timeout: Option<f64>,
 ) -> PyResult<Option<Q::Grant>> {
-    // A remote store may grant at once in one round trip: made with the GIL released.
-    let acquired = py.detach(|| gate.acquire(request, true))?;
+    // An in-process store decides with the GIL held, so a grant made at once is counted from
+    // when this thread can use it; a remote one takes a round trip, with the GIL released.
+    let acquired = if Q::REMOTE {
+        py.detach(|| gate.acquire(request, true))?
+    } else {
+        gate.acquire(request, true)?
+    };
     let ticket = match acquired {
-        Acquired::Now(grant) => return Ok(Some(grant)),
+        Acquired::Now(mut grant) => {
+            gate.taken(&mut grant);
+            return Ok(Some(grant));
+        }
         Acquired::Queued(ticket) => ticket,
     };
     // From here every way out — a grant, a timeout, an error from Python — settles the ticket.
@@ -202,6 +210,7 @@ fn abandon_when_lost<Q: WaitQueue>(gate: &Arc<Q>, ticket: Ticket) -> OnLost {
 /// Wakes an asyncio future from any thread: `loop.call_soon_threadsafe(_WakeCall(fut))`.
 struct LoopNotify {
     call_soon_threadsafe: Py<PyAny>,
+    call_soon: Py<PyAny>,
     future: Py<PyAny>,
     loop_id: u64,
     on_lost: OnLost,
@@ -213,6 +222,7 @@ impl Notify for LoopNotify {
         Python::try_attach(|py| {
             let call = WakeCall {
                 future: self.future.clone_ref(py),
+                call_soon: self.call_soon.clone_ref(py),
                 on_lost: TakeOnce::new(Arc::clone(&self.on_lost)),
             };
             let Ok(call) = Py::new(py, call) else {
@@ -238,10 +248,36 @@ impl Notify for LoopNotify {
 /// The callback a loop runs to wake a waiting task. If the loop drops it without running it
 /// (`loop.close()` clears the pending callbacks of tasks it never cancelled), the task can
 /// never run again: its ticket is abandoned then, so a grant made for it comes back at once.
+/// Run, it resolves the task's future — which schedules the task's step — and hands the
+/// same guard on to a [`WakeGuard`] scheduled after that step: a loop stopped and closed
+/// between the two drops the guard, and the grant comes back all the same.
 #[pyclass(module = "crewthrottle._native", name = "_WakeCall", frozen)]
 pub struct WakeCall {
     future: Py<PyAny>,
+    call_soon: Py<PyAny>,
     on_lost: TakeOnce<OnLost>,
+}
+
+/// Abandons its ticket if dropped unrun (see [`WakeCall`]); running it means the task's step
+/// ran first.
+#[pyclass(module = "crewthrottle._native", name = "_WakeGuard", frozen)]
+pub struct WakeGuard {
+    on_lost: TakeOnce<OnLost>,
+}
+
+#[pymethods]
+impl WakeGuard {
+    fn __call__(&self) {
+        self.on_lost.take();
+    }
+}
+
+impl Drop for WakeGuard {
+    fn drop(&mut self) {
+        if let Some(on_lost) = self.on_lost.take() {
+            on_lost();
+        }
+    }
 }
 
 impl WakeCall {
@@ -253,11 +289,21 @@ impl WakeCall {
 #[pymethods]
 impl WakeCall {
     fn __call__(&self, py: Python<'_>) -> PyResult<()> {
-        self.disarm();
+        let Some(on_lost) = self.disarm() else {
+            return Ok(());
+        };
         let future = self.future.bind(py);
         if !future.call_method0("done")?.is_truthy()? {
             future.call_method1("set_result", (py.None(),))?;
         }
+        let guard = Py::new(
+            py,
+            WakeGuard {
+                on_lost: TakeOnce::new(on_lost),
+            },
+        )?;
+        // If it cannot be scheduled (the loop is closing), dropping it abandons the ticket.
+        let _ = self.call_soon.call1(py, (guard,));
         Ok(())
     }
 }
@@ -328,6 +374,7 @@ impl<Q: WaitQueue, O: AsyncOutcome<Q::Grant>> AsyncWait for GateWait<Q, O> {
     ) -> PyResult<Bound<'py, PyTuple>> {
         let notifier: Notifier = Arc::new(LoopNotify {
             call_soon_threadsafe: event_loop.getattr("call_soon_threadsafe")?.unbind(),
+            call_soon: event_loop.getattr("call_soon")?.unbind(),
             future: future.clone().unbind(),
             loop_id: event_loop.as_ptr() as u64,
             on_lost: abandon_when_lost(&self.gate, self.ticket),
@@ -460,14 +507,39 @@ pub fn acquire_async<Q: WaitQueue, O: AsyncOutcome<Q::Grant>>(
     timeout: Option<f64>,
     outcome: O,
 ) -> PyResult<Py<PyAny>> {
+    let acquisition = unstarted(py, gate, request, outcome)?;
+    Ok(waiting_module(py)?
+        .call_method1("acquire", (acquisition, timeout))?
+        .unbind())
+}
+
+/// [`acquire_async`] that, if the store cannot be reached, awaits what `fallback(error)`
+/// returns instead.
+pub fn acquire_async_or<Q: WaitQueue, O: AsyncOutcome<Q::Grant>>(
+    py: Python<'_>,
+    gate: &Arc<Q>,
+    request: Q::Request,
+    timeout: Option<f64>,
+    outcome: O,
+    fallback: Py<PyAny>,
+) -> PyResult<Py<PyAny>> {
+    let acquisition = unstarted(py, gate, request, outcome)?;
+    Ok(waiting_module(py)?
+        .call_method1("acquire_or_fall_back", (acquisition, timeout, fallback))?
+        .unbind())
+}
+
+fn unstarted<Q: WaitQueue, O: AsyncOutcome<Q::Grant>>(
+    py: Python<'_>,
+    gate: &Arc<Q>,
+    request: Q::Request,
+    outcome: O,
+) -> PyResult<Py<Acquisition>> {
     gate.validate(&request)?;
     let unstarted = Unstarted {
         gate: Arc::clone(gate),
         request,
         outcome: TakeOnce::new(outcome),
     };
-    let acquisition = Py::new(py, Acquisition(Box::new(unstarted)))?;
-    Ok(waiting_module(py)?
-        .call_method1("acquire", (acquisition, timeout))?
-        .unbind())
+    Py::new(py, Acquisition(Box::new(unstarted)))
 }

@@ -3,7 +3,16 @@
 
 use std::sync::OnceLock;
 
-type Sink = Box<dyn Fn(&str) + Send + Sync>;
+/// A level of Python's `logging`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    /// `logging.INFO`
+    Info,
+    /// `logging.WARNING`
+    Warning,
+}
+
+type Sink = Box<dyn Fn(Level, &str) + Send + Sync>;
 
 static SINK: OnceLock<Sink> = OnceLock::new();
 
@@ -14,7 +23,12 @@ pub fn install(sink: Sink) {
 
 /// Logs a warning, if a sink is installed.
 pub fn warning(message: &str) {
+    log(Level::Warning, message);
+}
+
+/// Logs at `level`, if a sink is installed.
+pub fn log(level: Level, message: &str) {
     if let Some(sink) = SINK.get() {
-        sink(message);
+        sink(level, message);
     }
 }

@@ -2,12 +2,15 @@
 with OpenAI-like limits — unthrottled, with the usual fix, and with crewthrottle.
 
 A minute is scaled down to ``--window`` seconds so the whole demo takes about a minute.
+With ``--processes N`` the crews are split over N processes instead, and the modes compare a
+limiter per process with one budget shared on Redis (see ``processes.py``).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import io
 import math
 import os
@@ -19,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from crewthrottle._demo import chart
+from crewthrottle._demo import chart, processes
 from crewthrottle.testing import FakeProvider
 
 MODES = ("unthrottled", "seed-fix", "crewthrottle")
@@ -27,6 +30,7 @@ MODE_TITLES = {
     "unthrottled": "no throttling (20 kickoffs at once)",
     "seed-fix": "the usual fix: batches of 5 + sleep(2) + max_retries=3",
     "crewthrottle": "crewthrottle: kickoff_all + one shared Limiter",
+    **processes.MODE_TITLES,
 }
 
 
@@ -70,14 +74,33 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
         default=30.0,
         help="seconds a mode may run; crews still retrying then count as unfinished (30)",
     )
-    parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated: {MODES}")
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="split the crews over N processes and compare a limiter per process with one "
+        "budget shared on Redis (1: the in-process modes)",
+    )
+    parser.add_argument(
+        "--redis",
+        metavar="URL",
+        help="the Redis server of the shared budget with --processes (default: a local "
+        "redis-server started for the demo, if one is installed)",
+    )
+    parser.add_argument(
+        "--modes",
+        help=f"comma-separated: {MODES}, or with --processes {processes.MODES} (default: all)",
+    )
     parser.add_argument("--chart", type=Path, default=Path("crewthrottle-demo.svg"))
     parser.add_argument("--quiet", action="store_true", help="no live progress")
     args = parser.parse_args(argv)
-    args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    unknown = set(args.modes) - set(MODES)
+    choices = MODES if args.processes == 1 else processes.MODES
+    args.modes = [m.strip() for m in (args.modes or ",".join(choices)).split(",") if m.strip()]
+    unknown = set(args.modes) - set(choices)
     if unknown:
-        parser.error(f"unknown mode(s) {sorted(unknown)}; choose from {MODES}")
+        parser.error(f"unknown mode(s) {sorted(unknown)}; choose from {choices}")
+    if not 1 <= args.processes <= args.crews:
+        parser.error("--processes must be between 1 and --crews")
     for name in ("crews", "rpm", "tpm", "max_concurrent"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
@@ -236,7 +259,24 @@ class Progress:
         print("\r" + self.line(), file=self.out, flush=True)
 
 
+#: Starts a mode's crews against the provider at ``base_url``; returns what runs them, given
+#: the callback each finished crew reports to and the mode's deadline (``time.monotonic()``).
+Prepare = Callable[[str], Callable[[Callable[[bool], None], float], None]]
+
+
 def run_mode(mode: str, args: argparse.Namespace, limits: Limits) -> Outcome:
+    """One in-process mode: its crews built here, kicked off by ``RUNNERS[mode]``."""
+
+    def prepare(base_url: str) -> Callable[[Callable[[bool], None], float], None]:
+        max_retries = 3 if mode == "seed-fix" else None
+        crews = build_crews(args.crews, base_url, max_retries=max_retries)
+        return lambda done, deadline: RUNNERS[mode](crews, done, limits, deadline)
+
+    return measured(mode, args, limits, prepare)
+
+
+def measured(mode: str, args: argparse.Namespace, limits: Limits, prepare: Prepare) -> Outcome:
+    """Runs a mode against a fresh provider with the demo's limits; its figures."""
     with FakeProvider(
         rpm=limits.rpm,
         tpm=limits.tpm,
@@ -245,12 +285,11 @@ def run_mode(mode: str, args: argparse.Namespace, limits: Limits) -> Outcome:
         latency=limits.latency,
         rejected_consume_quota=True,  # as OpenAI: a refused request still counts
     ) as provider:
-        max_retries = 3 if mode == "seed-fix" else None
-        crews = build_crews(args.crews, provider.base_url, max_retries=max_retries)
+        run = prepare(provider.base_url)
         progress = Progress(mode, args.crews, provider, args.quiet)
         chatter = io.StringIO()
         with progress, contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
-            RUNNERS[mode](crews, progress.done, limits, progress.started + args.time_limit)
+            run(progress.done, progress.started + args.time_limit)
         wall = time.monotonic() - progress.started
         log = list(provider.log)
     accepted = sum(1 for r in log if r.status < 400)
@@ -272,6 +311,37 @@ def run_mode(mode: str, args: argparse.Namespace, limits: Limits) -> Outcome:
         utilisation=accepted / allowed,
         series=series,
     )
+
+
+NO_REDIS = (
+    "The shared-redis mode needs a Redis server, and there is none: pass --redis "
+    "redis://HOST:PORT/0, or install redis-server (apt-get install redis-server, "
+    "brew install redis) so that the demo starts a local one; or run --modes per-process."
+)
+
+
+def run_in_processes(args: argparse.Namespace, limits: Limits, url: str | None) -> list[Outcome]:
+    """The ``--processes`` modes, served by one set of worker processes while none overruns."""
+    provider_limits = {
+        "max_concurrent": limits.max_concurrent,
+        "rpm": limits.rpm,
+        "tpm": limits.tpm,
+        "window": limits.window,
+    }
+    counts = processes.split(args.crews, args.processes)
+    outcomes: list[Outcome] = []
+    workers: processes.Workers | None = None
+    try:
+        for mode in args.modes:
+            if workers is None or workers.overran:
+                if workers is not None:
+                    workers.close()
+                workers = processes.Workers(counts, provider_limits, url)
+            outcomes.append(measured(mode, args, limits, functools.partial(workers.run, mode)))
+    finally:
+        if workers is not None:
+            workers.close()
+    return outcomes
 
 
 def table(outcomes: list[Outcome], crews: int) -> str:
@@ -305,9 +375,18 @@ def main(argv: Sequence[str]) -> int:
     print(
         f"Fake provider: {limits.rpm} requests and {limits.tpm} tokens per {limits.window:g} s "
         f"window (a scaled minute), {limits.max_concurrent} concurrent, "
-        f"{limits.latency:g} s per completion. {args.crews} crews launched together.\n"
+        f"{limits.latency:g} s per completion. {args.crews} crews launched together"
+        + ("." if args.processes == 1 else f", split over {args.processes} processes.")
+        + "\n"
     )
-    outcomes = [run_mode(mode, args, limits) for mode in args.modes]
+    if args.processes == 1:
+        outcomes = [run_mode(mode, args, limits) for mode in args.modes]
+    else:
+        with processes.redis_server(args.redis) as url:
+            if url is None and "shared-redis" in args.modes:
+                print(NO_REDIS, file=sys.stderr)
+                return 2
+            outcomes = run_in_processes(args, limits, url)
     print()
     print(table(outcomes, args.crews))
     path = chart.write(

@@ -21,19 +21,48 @@ keys override the marker's)::
     def test_limits(fake_llm_provider): ...
 
 Without either, the provider enforces no limit.
+
+The ``shared_limiter`` fixture gives every worker of a pytest-xdist run (``pytest -n 4``) one
+budget on Redis, so that parallel tests calling a rate-limited provider stay under its
+limits together::
+
+    def test_summary(shared_limiter):
+        limiter = shared_limiter("openai/gpt-4o-mini", rpm=500, tpm=200_000)
+        with limiter.acquire(tokens=1_000) as permit:
+            ...
+
+The Redis server is named by the ``CREWTHROTTLE_REDIS_URL`` environment variable or, if it is
+unset, the ``crewthrottle_redis_url`` ini option. Without either, a run that is not split over
+workers gets an in-memory limiter (one process, one budget), and an xdist worker fails its test
+saying what to set: each worker would otherwise send the whole limit.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 if TYPE_CHECKING:
+    from crewthrottle import Limiter
+
     from ._provider import FakeProvider
 
 MARKER = "fake_llm_provider"
+URL_INI = "crewthrottle_redis_url"
+URL_ENV = "CREWTHROTTLE_REDIS_URL"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """Register the ``crewthrottle_redis_url`` ini option (of ``shared_limiter``)."""
+    parser.addini(
+        URL_INI,
+        f"Redis URL of the budgets that shared_limiter shares between parallel test workers "
+        f"(the {URL_ENV} environment variable wins over it)",
+        default="",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -70,3 +99,43 @@ def fake_llm_provider(request: pytest.FixtureRequest) -> Iterator[FakeProvider]:
 
     with FakeProvider(**provider_options(request)) as provider:
         yield provider
+
+
+SharedLimiter = Callable[..., "Limiter"]
+
+
+def shared_limiter_factory(url: str | None, worker: str | None) -> SharedLimiter:
+    """``shared_limiter``'s factory for a Redis `url` (or None) in xdist `worker` (or None).
+
+    Calling it in an xdist worker with no Redis URL fails the test, saying what to set.
+    """
+    from crewthrottle import Limiter, RedisBackend
+
+    made: dict[tuple[str, tuple[tuple[str, Any], ...]], Limiter] = {}
+
+    def shared_limiter(name: str, **limits: Any) -> Limiter:
+        key = (name, tuple(sorted(limits.items())))
+        if key not in made:
+            if url is None and worker is not None:
+                pytest.fail(
+                    f"shared_limiter({name!r}) in pytest-xdist worker {worker}: set {URL_ENV} "
+                    f"or the {URL_INI} ini option to a Redis server, so that the workers share "
+                    "one budget (each would otherwise send the whole limit)",
+                    pytrace=False,
+                )
+            backend = None if url is None else RedisBackend(url)
+            made[key] = Limiter(name=name, backend=backend, **limits)
+        return made[key]
+
+    return shared_limiter
+
+
+@pytest.fixture(scope="session")
+def shared_limiter(request: pytest.FixtureRequest) -> SharedLimiter:
+    """``shared_limiter(name, **limits)``: the :class:`~crewthrottle.Limiter` of the budget
+    `name` (its keyword arguments are ``Limiter``'s), on the Redis server of
+    ``CREWTHROTTLE_REDIS_URL`` or of the ``crewthrottle_redis_url`` ini option, and so shared
+    by every pytest-xdist worker (and every other process) that names it. One limiter per
+    name and limits in each worker. Without a URL, an in-memory limiter outside xdist."""
+    url = os.environ.get(URL_ENV) or str(request.config.getini(URL_INI)) or None
+    return shared_limiter_factory(url, os.environ.get("PYTEST_XDIST_WORKER"))

@@ -376,7 +376,7 @@ fn a_grant_is_counted_from_when_its_thread_comes_for_it() {
     let clock = Clock::manual();
     let config = LimiterConfig::new(None, Some(1), None, 10.0, None, Some(0.0)).unwrap();
     let gate = Gate::new(LimiterBudget::new(config), clock.clone());
-    let request = LimiterRequest { tokens: 0 };
+    let request = LimiterRequest::default();
     assert!(matches!(gate.acquire(request).unwrap(), Acquired::Now(_)));
     let ticket = queued(gate.acquire(request).unwrap());
     let (_, waker) = counting_waker();

@@ -18,7 +18,17 @@ fn limiter(
 }
 
 fn req(tokens: u64) -> LimiterRequest {
-    LimiterRequest { tokens }
+    LimiterRequest {
+        tokens,
+        lend: false,
+    }
+}
+
+fn lent() -> LimiterRequest {
+    LimiterRequest {
+        tokens: 0,
+        lend: true,
+    }
 }
 
 fn granted(check: Check<LimiterGrant>) -> LimiterGrant {
@@ -37,7 +47,13 @@ fn saturate(budget: &mut LimiterBudget, clock: &Clock, tokens: u64, until: u64) 
         if now.as_u64() >= until {
             return starts;
         }
-        match budget.try_take(&LimiterRequest { tokens }, now) {
+        match budget.try_take(
+            &LimiterRequest {
+                tokens,
+                lend: false,
+            },
+            now,
+        ) {
             Check::Granted(grant) => {
                 starts.push(now.as_u64());
                 budget.release(&grant);
@@ -195,8 +211,8 @@ fn grants_from_before_a_fork_do_not_count_in_the_child() {
 fn lent_grants_release_in_any_order() {
     let (mut b, clock) = limiter(Some(2), Some(10), None, 60.0, Some(2));
     for _ in 0..2 {
-        let grant = granted(b.try_take(&req(0), clock.now()));
-        b.lend(grant);
+        let grant = granted(b.try_take(&lent(), clock.now()));
+        b.taken(&grant);
     }
     assert!(b.release_lent());
     assert!(b.release_lent());
@@ -211,8 +227,8 @@ fn lent_grants_release_in_any_order() {
 #[test]
 fn lent_grants_from_before_a_fork_release_nothing_in_the_child() {
     let (mut b, clock) = limiter(Some(1), None, None, 60.0, None);
-    let grant = granted(b.try_take(&req(0), clock.now()));
-    b.lend(grant);
+    let grant = granted(b.try_take(&lent(), clock.now()));
+    b.taken(&grant);
     b.after_fork_in_child(true);
     granted(b.try_take(&req(0), clock.now()));
     assert!(!b.release_lent(), "the parent's block holds nothing here");

@@ -21,7 +21,9 @@ pub trait Listener: Send + Sync {
 /// A live connection to one Redis server.
 pub struct Hub {
     conn: ConnectionManager,
-    listeners: Mutex<HashMap<String, Weak<dyn Listener>>>,
+    /// Every budget of this process listening on a channel (several `Limiter` objects may
+    /// name one budget).
+    listeners: Mutex<HashMap<String, Vec<Weak<dyn Listener>>>>,
 }
 
 type Hubs = Option<(u32, HashMap<String, Arc<Hub>>)>;
@@ -77,7 +79,7 @@ impl Hub {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout))
-            .set_number_of_retries(2)
+            .set_number_of_retries(1)
             .set_max_delay(Duration::from_secs(2))
             .set_push_sender(tx)
             .set_automatic_resubscription();
@@ -106,19 +108,27 @@ impl Hub {
         channel: &str,
         listener: Weak<dyn Listener>,
     ) -> Result<(), redis::RedisError> {
-        self.listeners
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(channel.to_owned(), listener);
+        {
+            let mut listeners = self
+                .listeners
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let on_channel = listeners.entry(channel.to_owned()).or_default();
+            on_channel.retain(|l| l.strong_count() > 0);
+            on_channel.push(listener);
+        }
         self.conn.clone().subscribe(channel).await
     }
 
-    fn listener(&self, channel: &str) -> Option<Arc<dyn Listener>> {
+    fn listeners(&self, channel: &str) -> Vec<Arc<dyn Listener>> {
         let listeners = self
             .listeners
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        listeners.get(channel).and_then(Weak::upgrade)
+        listeners
+            .get(channel)
+            .map(|all| all.iter().filter_map(Weak::upgrade).collect())
+            .unwrap_or_default()
     }
 }
 
@@ -153,7 +163,7 @@ async fn dispatch(hub: Weak<Hub>, mut pushes: UnboundedReceiver<PushInfo>) {
                     redis::Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
                     _ => None,
                 });
-                if let Some(listener) = channel.and_then(|c| hub.listener(&c)) {
+                for listener in channel.map(|c| hub.listeners(&c)).unwrap_or_default() {
                     listener.resubscribed();
                 }
             }
@@ -163,10 +173,10 @@ async fn dispatch(hub: Weak<Hub>, mut pushes: UnboundedReceiver<PushInfo>) {
 }
 
 fn deliver(hub: &Hub, msg: &Msg) {
-    let Some(listener) = hub.listener(msg.get_channel_name()) else {
+    let Ok(payload) = std::str::from_utf8(msg.get_payload_bytes()) else {
         return;
     };
-    if let Ok(payload) = std::str::from_utf8(msg.get_payload_bytes()) {
+    for listener in hub.listeners(msg.get_channel_name()) {
         listener.announced(payload);
     }
 }

@@ -65,17 +65,33 @@ local function store_config(epoch)
   if epoch then redis.call('HSET', KEYS[K_STATE], 'epoch', epoch) end
 end
 
+-- When a budget the server does not know may have been lost, so that its last window may
+-- have been full: no rate grant before this instant (0: none).
+local function recovering_until()
+  local counted = tonumber(ARGV[6]) + tonumber(ARGV[7])
+  -- The caller knew the budget: its state was lost (a flush, an eviction, a restart).
+  if ARGV[11] ~= '' then return now + counted end
+  -- A server that started less than a window ago cannot tell a new budget from one it lost
+  -- in its restart, whoever asks first: count from its start (uptime is whole seconds, so
+  -- the start is taken at its latest).
+  local info = redis.call('INFO', 'server')
+  local uptime = tonumber(string.match(info, 'uptime_in_seconds:(%d+)') or '')
+  if uptime and uptime * 1000000 < counted then
+    return now - uptime * 1000000 + counted
+  end
+  return 0
+end
+
 -- Checks the caller's limits against the stored ones. A budget met for the first time takes
--- the caller's; one whose state was lost (the caller knew an epoch) starts conservatively:
--- no rate grant for one window, since the lost window may have been full.
+-- the caller's; one that may have been lost starts conservatively (`recovering_until`).
 local function check_config()
   local digest = redis.call('HGET', KEYS[K_CONFIG], 'digest')
   if not digest then
     local epoch = int(now)
     store_config(epoch)
-    if ARGV[11] ~= '' then
-      local counted = tonumber(ARGV[6]) + tonumber(ARGV[7])
-      redis.call('HSET', KEYS[K_STATE], 'recovering_until', int(now + counted))
+    local until_ = recovering_until()
+    if until_ > now then
+      redis.call('HSET', KEYS[K_STATE], 'recovering_until', int(until_))
     end
   elseif digest ~= ARGV[2] then
     if ARGV[10] == '1' then

@@ -10,20 +10,21 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, MutexGuard, Weak};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
 use super::hub::{Hub, Listener};
 use super::script::{Announcement, Budget, Epoch, Reply};
-use crate::core::clock::Nanos;
+use crate::core::clock::{Clock, Nanos};
 use crate::core::error::QueueError;
-use crate::core::fork::{AfterFork, ForkableMutex, Survivors};
+use crate::core::fork::{AfterFork, ForkableGuard, ForkableMutex, Survivors};
 use crate::core::gate::{Abandon, Acquired, Polled, Ticket};
 use crate::core::limiter::{validate_request, LimiterConfig, LimiterRequest};
 use crate::core::notify::{Context, Delivery, Notifier};
 use crate::core::queue::WaitQueue;
+use crate::core::wait_times::WaitTimes;
 use crate::store::runtime;
 
 /// How a process reaches a shared budget.
@@ -39,6 +40,9 @@ pub struct RedisSettings {
     pub prefix: String,
     /// This process's limits replace the stored ones.
     pub replace_limits: bool,
+    /// With the server unreachable, grant from an in-process limiter with this share of each
+    /// limit (`None`: raise `BackendUnavailable`).
+    pub local_share: Option<f64>,
 }
 
 /// A grant of a shared budget, held by this process.
@@ -81,10 +85,14 @@ struct Slot {
     ticket: Option<u64>,
     /// When the script said the head may be served (set by an announcement).
     head_retry: Option<Duration>,
+    /// When the waiter started waiting (for this process's wait times).
+    since: Nanos,
 }
 
 #[derive(Default)]
 struct Local {
+    /// This process's waits (what its callers waited for their grants).
+    times: WaitTimes,
     next: u64,
     slots: HashMap<u64, Slot>,
     /// Remote ticket → local slot.
@@ -107,6 +115,7 @@ pub struct RedisQueue {
     name: String,
     local: ForkableMutex<Local>,
     heartbeat: Arc<Notify>,
+    clock: Clock,
     /// The process that subscribed to the budget's channel (0: none yet).
     subscribed: AtomicU32,
     me: Weak<RedisQueue>,
@@ -132,6 +141,7 @@ impl RedisQueue {
             name: name.to_owned(),
             local: ForkableMutex::new(Local::default()),
             heartbeat: Arc::new(Notify::new()),
+            clock: Clock::monotonic(),
             subscribed: AtomicU32::new(0),
             me: me.clone(),
         })
@@ -142,7 +152,7 @@ impl RedisQueue {
         &self.settings.url
     }
 
-    fn local(&self) -> MutexGuard<'_, Local> {
+    fn local(&self) -> ForkableGuard<'_, Local> {
         self.local.lock()
     }
 
@@ -416,6 +426,7 @@ impl RedisQueue {
     }
 
     fn new_slot(&self, request: LimiterRequest) -> u64 {
+        let since = self.clock.now();
         let mut local = self.local();
         local.next += 1;
         let id = local.next;
@@ -429,6 +440,7 @@ impl RedisQueue {
                 cancelled: None,
                 ticket: None,
                 head_retry: None,
+                since,
             },
         );
         id
@@ -528,6 +540,18 @@ impl RedisQueue {
         (local.slots.len(), local.holders.len())
     }
 
+    /// Reads this process's wait times (under a short lock; no round trip).
+    pub fn with_wait_times<T>(&self, read: impl FnOnce(&WaitTimes, Nanos) -> T) -> T {
+        let now = self.clock.now();
+        read(&self.local().times, now)
+    }
+
+    fn record_wait(&self, since: Nanos) {
+        let now = self.clock.now();
+        let waited = now.as_u64().saturating_sub(since.as_u64());
+        self.local().times.record(waited, now);
+    }
+
     fn start_heartbeat(&self) {
         let me = self.me.clone();
         let wake = Arc::clone(&self.heartbeat);
@@ -560,6 +584,13 @@ impl RedisQueue {
                 if lost.iter().any(|l| !l.starts_with('t')) {
                     self.warn_lost_once();
                 }
+                // Waiters whose place was lost (their lease expired, or the budget's state
+                // with it) poll now, find it gone and queue again.
+                let lost_tickets: Vec<u64> = lost
+                    .iter()
+                    .filter_map(|l| l.strip_prefix('t')?.parse().ok())
+                    .collect();
+                self.wake_tickets(&lost_tickets);
                 self.hear(&Announcement { handed, head });
             }
             Ok(_) => {}
@@ -568,6 +599,21 @@ impl RedisQueue {
                 self.name,
                 self.settings.lease / 3
             )),
+        }
+    }
+
+    fn wake_tickets(&self, tickets: &[u64]) {
+        let wake: Vec<Arc<Notify>> = {
+            let local = self.local();
+            tickets
+                .iter()
+                .filter_map(|t| local.tickets.get(t))
+                .filter_map(|id| local.slots.get(id))
+                .map(|slot| Arc::clone(&slot.wake))
+                .collect()
+        };
+        for notify in wake {
+            notify.notify_one();
         }
     }
 
@@ -674,6 +720,11 @@ impl Listener for RedisQueue {
 impl WaitQueue for RedisQueue {
     type Request = LimiterRequest;
     type Grant = RedisGrant;
+    const REMOTE: bool = true;
+
+    fn taken(&self, grant: &mut RedisGrant) {
+        self.redate(grant);
+    }
 
     fn validate(&self, request: &LimiterRequest) -> Result<(), QueueError> {
         Ok(validate_request(&self.config, request)?)
@@ -723,7 +774,10 @@ impl WaitQueue for RedisQueue {
                 stamp_us,
                 ..
             }) => {
-                self.local().slots.remove(&id);
+                let since = self.local().slots.remove(&id).map(|slot| slot.since);
+                if let Some(since) = since {
+                    self.record_wait(since);
+                }
                 Ok(Acquired::Now(self.granted(gid, tokens, stamp_us)))
             }
             Ok(Reply::Queued { ticket, retry_us }) => {
@@ -789,6 +843,7 @@ impl WaitQueue for RedisQueue {
         match slot.state {
             State::Ready(mut grant) => {
                 self.redate(&mut grant);
+                self.record_wait(slot.since);
                 Ok(Polled::Ready(grant))
             }
             State::Failed(err) => Err(err),
