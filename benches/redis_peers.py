@@ -210,9 +210,13 @@ class Blocked:
 
 
 def blocked_ours_held(url: str, budget: str, _: float) -> Blocked:
-    """Ours: max_concurrent=1, its permit held by the benchmark (released by the cleanup)."""
-    lim = ct.Limiter(max_concurrent=1, name=budget, backend=ct.RedisBackend(url))
-    held = lim.acquire()
+    """Ours: max_concurrent=1, its permit held by the benchmark (released by the cleanup).
+
+    window=1: a server younger than a window holds a new budget's first grant until a window
+    after its start (it cannot tell the budget from one its restart lost), and the default
+    window is a minute."""
+    lim = ct.Limiter(max_concurrent=1, window=1.0, name=budget, backend=ct.RedisBackend(url))
+    held = lim.acquire(timeout=60)
 
     async def make_async() -> Callable[[], Awaitable[object]]:
         return lim.acquire_async
@@ -222,9 +226,12 @@ def blocked_ours_held(url: str, budget: str, _: float) -> Blocked:
 
 def blocked_ours_spent(url: str, budget: str, hold: float) -> Blocked:
     """Ours: rpm=1 per hour, the one request of the hour spent (threads time out after
-    ``hold`` seconds)."""
+    ``hold`` seconds). On a server younger than an hour the budget starts held (recovering)
+    instead: either way its waiters hold a retry instant an hour away."""
     lim = ct.Limiter(rpm=1, window=HOUR, burst=1, name=budget, backend=ct.RedisBackend(url))
-    lim.acquire().release()
+    permit = lim.try_acquire()
+    if permit is not None:
+        permit.release()
 
     def wait() -> None:
         with contextlib.suppress(ct.AcquireTimeout):
@@ -252,7 +259,7 @@ IdleCase = tuple[str, str, bool, Callable[[str, str, float], Blocked]]
 
 IDLE_CASES: list[IdleCase] = [
     ("crewthrottle.Limiter", "max_concurrent=1, held", True, blocked_ours_held),
-    ("crewthrottle.Limiter", "rpm=1, window=3600, spent", True, blocked_ours_spent),
+    ("crewthrottle.Limiter", "rpm=1, window=3600, spent (or recovering)", True, blocked_ours_spent),
     (
         "limits (moving window, Redis)",
         "1/hour, spent; sleep until reset",
