@@ -24,6 +24,7 @@ class Settings:
     latency_seconds: float
     idle_seconds: float
     fairness_seconds: float
+    redis_url: str | None = None  # the shared-budget section's server (None: start one)
 
     @classmethod
     def make(cls, *, quick: bool, pin: bool) -> Settings:

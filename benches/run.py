@@ -1,17 +1,20 @@
 """Side-by-side benchmarks of crewthrottle against the limiters users would pick instead.
 
     .venv/bin/python benches/run.py [--quick] [--only NAME[,NAME]] [--json out.json]
-                                    [--markdown out.md] [--no-pin]
+                                    [--markdown out.md] [--no-pin] [--redis URL]
 
-Sections (NAME for --only): cost, rate, latency, idle, fairness, metrics. Every peer runs
-beside ours in the same process, and figures are given as ratios where a baseline exists.
+Sections (NAME for --only): cost, rate, latency, idle, fairness, metrics, redis. Every peer
+runs beside ours in the same process (the redis section: against the same Redis server, from
+the same processes), and figures are given as ratios where a baseline exists.
 Needs the ``bench`` extra: ``pip install -e ".[bench]"`` (asyncio-throttle is optional), and
-for the metrics section the ``otel`` and ``prometheus`` ones with the OpenTelemetry SDK.
+for the metrics section the ``otel`` and ``prometheus`` ones with the OpenTelemetry SDK. The
+redis section starts a private ``redis-server`` (Debian's package) unless given ``--redis``.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -29,14 +32,16 @@ from bench_idle import run_idle
 from bench_latency import run_latency
 from bench_metrics import run_metrics
 from bench_rate import run_fairness, run_rate
+from bench_redis import run_redis
 
-SECTIONS: dict[str, Callable[[Settings], Table]] = {
+SECTIONS: dict[str, Callable[[Settings], Table | list[Table]]] = {
     "cost": run_cost,
     "rate": run_rate,
     "latency": run_latency,
     "idle": run_idle,
     "fairness": run_fairness,
     "metrics": run_metrics,
+    "redis": run_redis,
 }
 
 TARGETS = [
@@ -47,6 +52,8 @@ TARGETS = [
     "idle waiters <= 0.5% of a core",
     "Jain's index >= 0.99",
     "metrics registered: acquire+release <= 1.10 x unregistered",
+    "Redis: acquire+release <= 1.5 round trips (PING); utilisation >= 0.98 at 50/s burst 1 "
+    "across 4 processes, zero windows over; idle waiters ~0 CPU; Jain's index >= 0.99",
 ]
 
 
@@ -58,6 +65,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--markdown", type=Path, help="write the tables as Markdown here")
     parser.add_argument(
         "--no-pin", action="store_true", help="do not pin the timing-sensitive runs to CPU 0"
+    )
+    parser.add_argument(
+        "--redis", metavar="URL", help="the redis section's server (default: start a private one)"
     )
     args = parser.parse_args(argv)
     names = args.only.split(",") if args.only else list(SECTIONS)
@@ -83,6 +93,8 @@ def _machine() -> dict[str, str]:
         "cpu model": model,
         "python": f"{platform.python_implementation()} {platform.python_version()}",
         "platform": platform.platform(),
+        # The machine is shared: how busy it was when the run started.
+        "load average (1, 5, 15 min)": ", ".join(f"{x:.2f}" for x in os.getloadavg()),
         "command": " ".join([_relative(sys.executable), *sys.argv]),
         "source": _commit(),
     }
@@ -119,6 +131,7 @@ def _versions() -> dict[str, str]:
         "langchain-core",
         "throttled-py",
         "asyncio-throttle",
+        "redis",
     ]
     found = {}
     for name in names:
@@ -131,11 +144,14 @@ def _versions() -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
-    settings = Settings.make(quick=args.quick, pin=not args.no_pin)
+    settings = dataclasses.replace(
+        Settings.make(quick=args.quick, pin=not args.no_pin), redis_url=args.redis
+    )
     machine, versions = _machine(), _versions()
     machine["pinning"] = (
         "rate, latency, idle and fairness runs pinned to CPU 0 "
-        "(os.sched_setaffinity on every thread of the process); cost unpinned"
+        "(os.sched_setaffinity on every thread of the process); cost unpinned; redis: "
+        "client processes on CPU 0, a private redis-server on CPU 1 (taskset)"
         if settings.pin
         else "none (--no-pin)"
     )
@@ -145,10 +161,12 @@ def main(argv: list[str] | None = None) -> int:
     tables = []
     for name in args.sections:
         started = time.perf_counter()
-        table = SECTIONS[name](settings)
-        table.notes.append(f"section took {time.perf_counter() - started:.1f} s")
-        tables.append(table)
-        print(render_text(table) + "\n", flush=True)
+        result = SECTIONS[name](settings)
+        made = result if isinstance(result, list) else [result]
+        made[-1].notes.append(f"section took {time.perf_counter() - started:.1f} s")
+        tables += made
+        for table in made:
+            print(render_text(table) + "\n", flush=True)
     print(render_checks(tables, markdown=False))
     if args.markdown:
         args.markdown.write_text(_markdown(tables, machine, versions))

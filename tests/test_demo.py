@@ -82,7 +82,7 @@ def test_python_dash_m_crewthrottle_runs_the_demo(tmp_path: Path) -> None:
     usage = subprocess.run(
         [sys.executable, "-m", "crewthrottle"], capture_output=True, text=True, timeout=60
     )
-    assert usage.returncode == 2 and "usage: python -m crewthrottle demo" in usage.stderr
+    assert usage.returncode == 2 and "usage: python -m crewthrottle {demo,status}" in usage.stderr
     argv = ["demo", "--crews", "2", "--rpm", "10", "--window", "1", "--latency", "0"]
     argv += ["--modes", "crewthrottle", "--quiet", "--chart", str(tmp_path / "c.svg")]
     run = subprocess.run(
