@@ -249,6 +249,24 @@ def test_keys_share_one_hash_tag_and_expire_when_idle(redis_url: str, budget_nam
     assert all(0 < ttl <= 2 * 1.05 * 1000 + 3 * 1000 + 60_000 for ttl in ttls), ttls
 
 
+def test_a_budget_only_ever_read_expires_too(redis_url: str, budget_name: str) -> None:
+    # stats() and observe() create the budget's keys without any acquire: they expire as well.
+    uses: list[tuple[str, Callable[[ct.Limiter], object]]] = [
+        ("stats", lambda lim: lim.stats()),
+        ("429", lambda lim: lim.observe({}, status=429)),
+    ]
+    for suffix, use in uses:
+        name = f"{budget_name}/{suffix}"
+        use(shared(redis_url, name, rpm=10, window=1.0, lease=1.0))
+        port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
+        deadline = time.monotonic() + 15
+        while not (keys := redis_cli(port, "--scan", "--pattern", f"{{crewthrottle:{name}}}*")):
+            assert time.monotonic() < deadline, "the budget never reached the server"
+            time.sleep(0.02)
+        ttls = [int(redis_cli(port, "pttl", k)) for k in keys.split()]
+        assert all(0 < ttl <= 2 * 1.05 * 1000 + 3 * 1000 + 60_000 for ttl in ttls), (suffix, ttls)
+
+
 def test_a_restarted_server_is_reconnected_to_and_treated_conservatively(
     wait_until: Callable[..., None],
 ) -> None:

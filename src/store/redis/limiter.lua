@@ -449,6 +449,7 @@ if op == 'stats' then
   expire_windows()
   prune()
   save_state()
+  touch_keys() -- a budget only ever read must expire too
   local v = redis.call('HMGET', KEYS[K_STATE], 'acquired', 'tokens_charged', 'tokens_refunded',
     'cancelled', 'reaped', 'total_wait_us', 'timeouts')
   return {'S', in_flight(), redis.call('ZCARD', KEYS[K_QUEUE]),
