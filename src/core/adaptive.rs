@@ -33,16 +33,16 @@ use super::sliding_window::MAX_AMOUNT;
 /// The AIMD factor when nothing was lowered, in thousandths.
 pub const FULL: u32 = 1000;
 /// A decrease multiplies the factor by this many thousandths.
-pub const DECREASE: u32 = 700;
+pub(super) const DECREASE: u32 = 700;
 /// The factor never goes below this many thousandths.
-pub const MIN_FACTOR: u32 = 100;
+pub(super) const MIN_FACTOR: u32 = 100;
 /// Thousandths added back per step without an unexplained 429.
-pub const STEP: u32 = 50;
+pub(super) const STEP: u32 = 50;
 /// Steps per window; also the cooldown between two decreases is one step.
-pub const STEPS_PER_WINDOW: u64 = 10;
+pub(super) const STEPS_PER_WINDOW: u64 = 10;
 /// Responses without rate-limit headers after which an adaptive limiter stops waiting for
 /// them (the provider sends none) and leaves its conservative start.
-pub const SILENT_RESPONSES: u32 = 3;
+pub(super) const SILENT_RESPONSES: u32 = 3;
 
 /// The limits a limiter enforces (`None`: no limit of that kind).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -435,7 +435,7 @@ mod foreign;
 mod summary;
 
 use foreign::ForeignLevel;
-pub use summary::Summary;
+pub(super) use summary::Summary;
 
 #[cfg(test)]
 mod tests;

@@ -23,8 +23,8 @@ use super::fork::{AfterFork, ForkableMutex, Survivors};
 use super::notify::{Context, Delivery, Notifier};
 use super::wait_times::WaitTimes;
 
-pub mod pressure;
-pub mod watch;
+pub(super) mod pressure;
+pub(super) mod watch;
 
 use pressure::{Pressure, PressureEvent, Thresholds};
 use watch::Watch;

@@ -13,7 +13,7 @@
 //! granted, and that delay varies (connection set-up, a busy GIL). Two requests granted exactly
 //! one window apart can therefore arrive less than a window apart, and the second one gets a
 //! 429. So each start stays in the windows for `window + margin`: `margin` defaults to
-//! [`default_margin`] (0.3 s for a minute), at a cost of `margin / (window + margin)` of the
+//! [`config::default_margin`] (0.3 s for a minute), at a cost of `margin / (window + margin)` of the
 //! budget.
 
 use super::adaptive::{Adaptive, Change, Counted, Observation};
@@ -26,7 +26,7 @@ use super::sliding_window::{Receipt, SlidingWindow, MAX_AMOUNT};
 
 mod config;
 
-pub use config::{default_margin, LimiterConfig, MAX_COUNT};
+pub use config::{LimiterConfig, MAX_COUNT};
 
 /// What a caller asks a limiter for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

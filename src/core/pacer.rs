@@ -17,7 +17,7 @@ const MAX_LATENESS_NS: u64 = 2_000_000;
 
 /// The pacing state of a limiter.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Pacer {
+pub(super) struct Pacer {
     interval: u64,
     /// How far ahead of `tat` a grant may be: `(burst - 1) * interval`.
     tolerance: u64,
@@ -28,7 +28,7 @@ pub struct Pacer {
 
 impl Pacer {
     /// One request every `interval_ns` (>= 1), up to `burst` (>= 1) back to back.
-    pub fn new(interval_ns: u64, burst: u32) -> Self {
+    pub(super) fn new(interval_ns: u64, burst: u32) -> Self {
         let interval = interval_ns.max(1);
         Pacer {
             interval,
@@ -39,20 +39,20 @@ impl Pacer {
     }
 
     /// Changes the rate and burst (limits learned or lowered), keeping the schedule's place.
-    pub fn retune(&mut self, interval_ns: u64, burst: u32) {
+    pub(super) fn retune(&mut self, interval_ns: u64, burst: u32) {
         let tat = self.tat;
         *self = Pacer::new(interval_ns, burst);
         self.tat = tat;
     }
 
     /// The first instant a request may start, at `now` or later.
-    pub fn ready_at(&self, now: Nanos) -> Nanos {
+    pub(super) fn ready_at(&self, now: Nanos) -> Nanos {
         let earliest = self.tat.map_or(0, |tat| tat.saturating_sub(self.tolerance));
         Nanos::new(earliest.max(now.as_u64()))
     }
 
     /// Records a request started at `now` (which must not be before [`Self::ready_at`]).
-    pub fn record(&mut self, now: Nanos) {
+    pub(super) fn record(&mut self, now: Nanos) {
         let now = now.as_u64();
         // Early (within the burst) or late by at most `lateness`: it takes the slot at `tat`.
         let start = match self.tat {
@@ -64,7 +64,7 @@ impl Pacer {
 
     /// Takes back one recorded request that never started (its waiter gave up, or could not
     /// take its grant): later requests may start one interval sooner.
-    pub fn refund(&mut self) {
+    pub(super) fn refund(&mut self) {
         self.tat = self.tat.map(|tat| tat.saturating_sub(self.interval));
     }
 }

@@ -28,13 +28,13 @@ use super::error::MAX_SPAN_SECS;
 use super::fork::{AfterFork, ForkableMutex, Survivors};
 
 /// The number of slices the window is cut into.
-pub const SLICES: usize = 10;
+pub(super) const SLICES: usize = 10;
 
 /// One retry in budget units (a millionth of a retry is the precision of `ratio`).
 const UNIT: u64 = 1_000_000;
 
 /// The largest `ratio` accepted (Finagle's bound on `percentCanRetry`, as a fraction).
-pub const MAX_RATIO: f64 = 1000.0;
+pub(super) const MAX_RATIO: f64 = 1000.0;
 
 /// An argument of [`RetryBudget::new`] out of range; `Display` names it.
 #[derive(Debug, Clone, Copy, PartialEq)]

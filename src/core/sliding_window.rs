@@ -19,7 +19,7 @@ use super::clock::Nanos;
 /// The largest limit, and the largest amount recorded at once.
 pub const MAX_AMOUNT: u64 = 1 << 53;
 /// The most one entry holds; more saturates (see the module's docs).
-pub const ENTRY_CAP: u64 = 2 * MAX_AMOUNT;
+pub(super) const ENTRY_CAP: u64 = 2 * MAX_AMOUNT;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Entry {
@@ -35,13 +35,13 @@ struct Entry {
 
 /// Where a grant was recorded, so that its amount can be corrected later.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Receipt {
+pub(super) struct Receipt {
     seq: u64,
 }
 
 /// A budget of `limit` units in any window of `window` nanoseconds.
 #[derive(Debug, Clone)]
-pub struct SlidingWindow {
+pub(super) struct SlidingWindow {
     limit: u64,
     window: u64,
     quantum: u64,
@@ -53,7 +53,7 @@ pub struct SlidingWindow {
 impl SlidingWindow {
     /// A window budget; `1 <= limit <= MAX_AMOUNT` and `window >= 1` ns are the caller's
     /// to check.
-    pub fn new(limit: u64, window_ns: u64) -> Self {
+    pub(super) fn new(limit: u64, window_ns: u64) -> Self {
         SlidingWindow {
             limit: limit.min(MAX_AMOUNT),
             window: window_ns.max(1),
@@ -66,24 +66,24 @@ impl SlidingWindow {
     }
 
     /// The most units allowed in any window.
-    pub fn limit(&self) -> u64 {
+    pub(super) fn limit(&self) -> u64 {
         self.limit
     }
 
     /// Changes the limit (a limit learned or lowered); clamped to `1..=MAX_AMOUNT`.
-    pub fn set_limit(&mut self, limit: u64) {
+    pub(super) fn set_limit(&mut self, limit: u64) {
         self.limit = limit.clamp(1, MAX_AMOUNT);
     }
 
     /// Units counted in the window ending at `now`.
-    pub fn used(&mut self, now: Nanos) -> u64 {
+    pub(super) fn used(&mut self, now: Nanos) -> u64 {
         self.expire(now);
         self.used
     }
 
     /// The earliest instant at or after `now` at which `amount` more units fit, or `None`
     /// if they never can (`amount > limit`).
-    pub fn earliest(&mut self, amount: u64, now: Nanos) -> Option<Nanos> {
+    pub(super) fn earliest(&mut self, amount: u64, now: Nanos) -> Option<Nanos> {
         if amount > self.limit {
             return None;
         }
@@ -104,7 +104,7 @@ impl SlidingWindow {
 
     /// Records `amount` units started at `now` (even past the limit: a settle may charge
     /// usage that already happened).
-    pub fn record(&mut self, amount: u64, now: Nanos) -> Receipt {
+    pub(super) fn record(&mut self, amount: u64, now: Nanos) -> Receipt {
         self.expire(now);
         let now = now.as_u64();
         if let Some(last) = self.entries.back_mut() {
@@ -137,7 +137,7 @@ impl SlidingWindow {
 
     /// Takes back up to `amount` units from the entry of `receipt` (a grant that used less
     /// than it reserved). An entry that has left the window has nothing to refund.
-    pub fn refund(&mut self, receipt: Receipt, amount: u64) {
+    pub(super) fn refund(&mut self, receipt: Receipt, amount: u64) {
         let Ok(index) = self.entries.binary_search_by_key(&receipt.seq, |e| e.seq) else {
             return;
         };
@@ -149,13 +149,13 @@ impl SlidingWindow {
 
     /// Moves `amount` units of the entry of `receipt` to `now`: a start that happened later
     /// than it was first recorded. Returns where they now are.
-    pub fn move_to(&mut self, receipt: Receipt, amount: u64, now: Nanos) -> Receipt {
+    pub(super) fn move_to(&mut self, receipt: Receipt, amount: u64, now: Nanos) -> Receipt {
         self.refund(receipt, amount);
         self.record(amount, now)
     }
 
     /// Adds `amount` units to the entry of `receipt`, if it is still in the window.
-    pub fn add(&mut self, receipt: Receipt, amount: u64, now: Nanos) -> bool {
+    pub(super) fn add(&mut self, receipt: Receipt, amount: u64, now: Nanos) -> bool {
         self.expire(now);
         let Ok(index) = self.entries.binary_search_by_key(&receipt.seq, |e| e.seq) else {
             return false;
@@ -165,12 +165,6 @@ impl SlidingWindow {
         entry.amount += added;
         self.used += added;
         true
-    }
-
-    /// Forgets everything (a fresh budget with the same limits).
-    pub fn clear(&mut self) {
-        self.entries.clear();
-        self.used = 0;
     }
 
     fn expire(&mut self, now: Nanos) {

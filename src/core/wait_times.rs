@@ -10,9 +10,9 @@
 use super::clock::Nanos;
 
 /// Slots in the ring of recent histograms.
-pub const SLOTS: usize = 6;
+pub(super) const SLOTS: usize = 6;
 /// How long one slot collects, in nanoseconds (10 s: percentiles cover the last 50–60 s).
-pub const SLOT_NS: u64 = 10_000_000_000;
+pub(super) const SLOT_NS: u64 = 10_000_000_000;
 /// Waits below this (1 µs) count as no wait.
 const FLOOR_LOG2: u32 = 10;
 const SUBS_LOG2: u32 = 2;

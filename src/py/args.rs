@@ -4,7 +4,7 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyFloat, PyInt};
 
-use crate::core::error::{check_seconds, check_span};
+use crate::core::{check_seconds, check_span};
 
 /// A whole number `>= min` (bools and floats are refused: a count is an `int`).
 pub fn count(obj: &Bound<'_, PyAny>, name: &str, min: u64) -> PyResult<u64> {

@@ -8,7 +8,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
 use super::args;
-use crate::core::backoff::{Decision, Jitter, Schedule};
+use crate::core::{Decision, Jitter, Schedule};
 
 /// A validated schedule with its own random source (private: used by `_backoff.py`).
 #[pyclass(module = "crewthrottle._native", name = "_Schedule", frozen)]

@@ -4,8 +4,8 @@ use pyo3::create_exception;
 use pyo3::exceptions::{PyRuntimeError, PyTimeoutError, PyValueError};
 use pyo3::PyErr;
 
-use crate::core::error::{InvalidArgument, QueueError};
-use crate::core::semaphore::OverRelease;
+use crate::core::OverRelease;
+use crate::core::{InvalidArgument, QueueError};
 
 create_exception!(
     crewthrottle,

@@ -6,7 +6,7 @@ use std::sync::{Arc, Weak};
 use pyo3::prelude::*;
 
 use crate::core::fork::{self, AfterFork, Survivors};
-use crate::core::gate::{Gate, Resource};
+use crate::core::{Gate, Resource};
 
 /// Makes a gate and registers it for resetting in forked children.
 pub fn new_gate<R: Resource>(py: Python<'_>, gate: Gate<R>) -> Arc<Gate<R>> {

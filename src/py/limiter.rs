@@ -15,10 +15,10 @@ use super::permit::Permit;
 use super::redis_backend::RedisBackend;
 use super::semaphore::qualified_name;
 use super::wait;
-use crate::core::clock::Clock;
-use crate::core::gate::pressure::PressureEvent;
-use crate::core::gate::{Gate, PressureHook};
-use crate::core::limiter::{LimiterBudget, LimiterConfig, LimiterRequest};
+use crate::core::Clock;
+use crate::core::PressureEvent;
+use crate::core::{Gate, PressureHook};
+use crate::core::{LimiterBudget, LimiterConfig, LimiterRequest};
 use crate::store::redis::RedisQueue;
 
 /// One limit shared by every thread and event loop of the process — or, with a backend, by

@@ -12,10 +12,10 @@ use std::time::Duration;
 use super::errors::{timeout_error, wrong_store, BackendUnavailable};
 use super::permit::Permit;
 use super::wait::{self, AsyncOutcome};
-use crate::core::clock::{nanos_of, Clock};
-use crate::core::gate::Gate;
-use crate::core::limiter::{LimiterBudget, LimiterConfig, LimiterGrant, LimiterRequest};
-use crate::core::queue::WaitQueue;
+use crate::core::Gate;
+use crate::core::WaitQueue;
+use crate::core::{nanos_of, Clock};
+use crate::core::{LimiterBudget, LimiterConfig, LimiterGrant, LimiterRequest};
 use crate::store::log;
 use crate::store::redis::{RedisGrant, RedisQueue};
 

@@ -11,12 +11,12 @@ use pyo3::types::PyDict;
 use super::adaptive::{self, AdaptiveFigures};
 use super::limiter_engine::Engine;
 use super::stats::WaitSummary;
-use crate::core::adaptive::{Change, Limits, Observation};
-use crate::core::clock::Nanos;
 use crate::core::fork::{self, AfterFork, Survivors};
-use crate::core::gate::{GateCounters, WaitFigures};
-use crate::core::limiter::{LimiterBudget, LimiterConfig, LimiterFigures};
-use crate::core::published::Published;
+use crate::core::Nanos;
+use crate::core::Published;
+use crate::core::{Change, Limits, Observation};
+use crate::core::{GateCounters, WaitFigures};
+use crate::core::{LimiterBudget, LimiterConfig, LimiterFigures};
 use crate::store::redis::script::int;
 
 /// What the retry layer (`crewthrottle.backoff`) reports about calls through a limiter.

@@ -9,9 +9,9 @@ use pyo3::types::PyDict;
 
 use super::args;
 use super::semaphore::qualified_name;
-use crate::core::clock::Clock;
 use crate::core::fork::{self, AfterFork};
-use crate::core::retry_budget;
+use crate::core::Clock;
+use crate::core::RetryBudget as Budget;
 
 /// Caps retries at `ratio` of the calls of the last `window` seconds, plus
 /// `min_retries_per_s`, shared by every thread and task (gRPC retry throttling, Finagle).
@@ -20,7 +20,7 @@ use crate::core::retry_budget;
 /// >= 0; 1e-9 <= `window` <= 1e9 seconds.
 #[pyclass(module = "crewthrottle", name = "RetryBudget", frozen)]
 pub struct RetryBudget {
-    budget: Arc<retry_budget::RetryBudget>,
+    budget: Arc<Budget>,
 }
 
 #[pymethods]
@@ -50,7 +50,7 @@ impl RetryBudget {
             .unwrap_or(10.0);
         // In range (checked above), so only a window below a nanosecond fails: as zero.
         let window = Duration::try_from_secs_f64(window).unwrap_or(Duration::ZERO);
-        let budget = retry_budget::RetryBudget::new(ratio, floor, window, Clock::monotonic())
+        let budget = Budget::new(ratio, floor, window, Clock::monotonic())
             .map_err(|e| PyValueError::new_err(e.to_string()))?;
         let budget = Arc::new(budget);
         let weak = Arc::downgrade(&budget) as std::sync::Weak<dyn AfterFork>;

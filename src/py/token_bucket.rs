@@ -11,9 +11,9 @@ use super::fork::new_gate;
 use super::semaphore::qualified_name;
 use super::stats::WaitSummary;
 use super::wait::{self, Flag};
-use crate::core::clock::Clock;
-use crate::core::gate::Gate;
-use crate::core::token_bucket::{BucketConfig, TokenBucketBudget};
+use crate::core::Clock;
+use crate::core::Gate;
+use crate::core::{BucketConfig, TokenBucketBudget};
 
 /// `rate` tokens every `per` seconds, at most `burst` at once; waiters served in order.
 ///

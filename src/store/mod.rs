@@ -1,6 +1,6 @@
 //! Stores that keep a budget outside the process: Redis, shared by every process and host
 //! that names the same budget. The in-memory store is the core's gate (`crate::core::gate`);
-//! both answer the edge through `crate::core::queue::WaitQueue`.
+//! both answer the edge through `crate::core::WaitQueue`.
 
 pub mod log;
 pub mod redis;

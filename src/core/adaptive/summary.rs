@@ -25,7 +25,7 @@ const ABSENT: u64 = u64::MAX;
 
 impl Summary {
     /// The summary as six words.
-    pub fn to_words(&self) -> [u64; 6] {
+    pub fn to_words(self) -> [u64; 6] {
         [
             self.learned_rpm.unwrap_or(ABSENT),
             self.learned_tpm.unwrap_or(ABSENT),

@@ -32,7 +32,7 @@ pub enum PressureEvent {
 
 /// The pressure state of one gate.
 #[derive(Debug, Default)]
-pub struct Pressure {
+pub(crate) struct Pressure {
     since: Option<Nanos>,
     empty_since: Option<Nanos>,
     episodes: u64,
@@ -40,7 +40,7 @@ pub struct Pressure {
 
 impl Pressure {
     /// Judges the queue at `now`: `head_since` is when its head started waiting (None: empty).
-    pub fn judge(
+    pub(crate) fn judge(
         &mut self,
         thresholds: Thresholds,
         head_since: Option<Nanos>,
@@ -79,17 +79,17 @@ impl Pressure {
     }
 
     /// Nothing under way and nothing to judge while the queue stays empty.
-    pub fn is_calm(&self) -> bool {
+    pub(crate) fn is_calm(&self) -> bool {
         self.since.is_none() && self.empty_since.is_some()
     }
 
     /// When the current episode started, if one is under way.
-    pub fn since(&self) -> Option<Nanos> {
+    pub(crate) fn since(&self) -> Option<Nanos> {
         self.since
     }
 
     /// Episodes so far.
-    pub fn episodes(&self) -> u64 {
+    pub(crate) fn episodes(&self) -> u64 {
         self.episodes
     }
 }

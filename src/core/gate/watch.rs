@@ -14,14 +14,14 @@ use crate::core::notify::Context;
 
 /// The queued tickets of each context, in queue order.
 #[derive(Debug, Default)]
-pub struct Watch {
+pub(crate) struct Watch {
     threads: BTreeSet<u64>,
     loops: HashMap<u64, BTreeSet<u64>>,
 }
 
 impl Watch {
     /// Notes that ticket `id` waits in `context`.
-    pub fn insert(&mut self, id: u64, context: Context) {
+    pub(crate) fn insert(&mut self, id: u64, context: Context) {
         match context {
             Context::Thread => {
                 self.threads.insert(id);
@@ -33,7 +33,7 @@ impl Watch {
     }
 
     /// Forgets ticket `id` (served, abandoned, or moving to another context).
-    pub fn remove(&mut self, id: u64, context: Option<Context>) {
+    pub(crate) fn remove(&mut self, id: u64, context: Option<Context>) {
         match context {
             Some(Context::Thread) => {
                 self.threads.remove(&id);
@@ -52,7 +52,7 @@ impl Watch {
 
     /// The tickets that keep a timer: the first of each event loop ahead of the first thread,
     /// and that thread.
-    pub fn watchers(&self) -> Vec<u64> {
+    pub(crate) fn watchers(&self) -> Vec<u64> {
         let first_thread = self.threads.first().copied();
         let mut ids: Vec<u64> = self
             .loops
@@ -65,7 +65,7 @@ impl Watch {
     }
 
     /// Whether ticket `id`, waiting in `context`, keeps a timer.
-    pub fn is_watcher(&self, id: u64, context: Context) -> bool {
+    pub(crate) fn is_watcher(&self, id: u64, context: Context) -> bool {
         let first_thread = self.threads.first().copied();
         match context {
             Context::Thread => first_thread == Some(id),
@@ -77,7 +77,7 @@ impl Watch {
     }
 
     /// Forgets everything (a forked child).
-    pub fn clear(&mut self) {
+    pub(crate) fn clear(&mut self) {
         self.threads.clear();
         self.loops.clear();
     }

@@ -157,7 +157,7 @@ impl LimiterConfig {
 /// The default margin: `window / 200` (0.3 s for a minute), at least 50 ms — the jitter
 /// between grant and arrival measured here with threads on two busy cores was up to ~11 ms —
 /// but never more than a tenth of the window.
-pub fn default_margin(window: f64) -> f64 {
+pub(super) fn default_margin(window: f64) -> f64 {
     (window / 200.0).max(0.05).min(window / 10.0)
 }
 

@@ -1,5 +1,6 @@
 use std::time::Duration;
 
+use super::config::default_margin;
 use super::*;
 use crate::core::clock::Clock;
 

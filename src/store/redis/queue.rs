@@ -17,15 +17,15 @@ use tokio::sync::Notify;
 
 use super::hub::{Hub, Listener};
 use super::script::{Announcement, Budget, Epoch, Reply};
-use crate::core::adaptive::{Adaptive, Change, Counted, Observation};
-use crate::core::clock::{Clock, Nanos};
-use crate::core::error::QueueError;
 use crate::core::fork::{AfterFork, ForkableGuard, ForkableMutex, Survivors};
-use crate::core::gate::{Abandon, Acquired, Polled, Ticket};
-use crate::core::limiter::{validate_request, LimiterConfig, LimiterRequest};
-use crate::core::notify::{Context, Delivery, Notifier};
-use crate::core::queue::WaitQueue;
-use crate::core::wait_times::WaitTimes;
+use crate::core::QueueError;
+use crate::core::WaitQueue;
+use crate::core::WaitTimes;
+use crate::core::{validate_request, LimiterConfig, LimiterRequest};
+use crate::core::{Abandon, Acquired, Polled, Ticket};
+use crate::core::{Adaptive, Change, Counted, Observation};
+use crate::core::{Clock, Nanos};
+use crate::core::{Context, Delivery, Notifier};
 use crate::store::runtime;
 
 /// How a process reaches a shared budget.

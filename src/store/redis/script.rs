@@ -5,7 +5,7 @@ use std::sync::LazyLock;
 use redis::aio::ConnectionManager;
 use redis::{RedisResult, Value};
 
-use crate::core::limiter::LimiterConfig;
+use crate::core::LimiterConfig;
 
 /// The budget script, loaded once and called by its hash (EVALSHA; redis-rs loads it again
 /// on NOSCRIPT, after a server restart).
