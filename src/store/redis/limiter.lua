@@ -10,6 +10,13 @@
 -- Times are microseconds of the server's clock (TIME). Every key shares the budget's hash
 -- tag, so the script runs on one node of a cluster.
 --
+-- Every acquire and every release runs this script, and each redis.call costs the server ~1-2
+-- µs: the common calls do only the work they need (benches/RESULTS.md, "Shared budgets on
+-- Redis"). Config and state are read in one HMGET each and the state written back in one HSET
+-- of the fields that changed; prune runs only when a lease is due (`state.due`); the keys'
+-- deadline is pushed back only when it comes near (`keep_alive`); a release with nothing else
+-- to do frees its slot and returns.
+--
 -- KEYS: 1 config, 2 state, 3 requests window, 4 tokens window, 5 token amounts, 6 holders,
 --       7 queue, 8 queued requests, 9 queue leases, 10 handed grants, 11 reaped grants
 -- ARGV: 1 op, 2 config digest, 3 max_concurrent, 4 rpm, 5 tpm, 6 window_us, 7 margin_us,
@@ -42,16 +49,20 @@ end
 -- The budget's configuration, as stored (the stored limits win; see `check_config`).
 local cfg = {}
 
-local function load_config()
-  local v = redis.call('HMGET', KEYS[K_CONFIG], 'max_concurrent', 'rpm', 'tpm', 'window_us',
-    'margin_us', 'burst', 'adaptive')
-  cfg.max_concurrent = num(v[1], -1)
-  cfg.rpm = num(v[2], -1)
-  cfg.tpm = num(v[3], -1)
-  cfg.window_us = num(v[4], 60000000)
-  cfg.margin_us = num(v[5], 0)
-  cfg.burst = num(v[6], 1)
-  cfg.adaptive = v[7] == '1'
+-- The stored config as {digest, max_concurrent, rpm, tpm, window_us, margin_us, burst, adaptive}.
+local function read_config()
+  return redis.call('HMGET', KEYS[K_CONFIG], 'digest', 'max_concurrent', 'rpm', 'tpm',
+    'window_us', 'margin_us', 'burst', 'adaptive')
+end
+
+local function load_config(v)
+  cfg.max_concurrent = num(v[2], -1)
+  cfg.rpm = num(v[3], -1)
+  cfg.tpm = num(v[4], -1)
+  cfg.window_us = num(v[5], 60000000)
+  cfg.margin_us = num(v[6], 0)
+  cfg.burst = num(v[7], 1)
+  cfg.adaptive = v[8] == '1'
   cfg.counted_us = cfg.window_us + cfg.margin_us
   -- As configured; the limits in force (`apply_learning`) may be lower.
   cfg.configured = {cfg.max_concurrent, cfg.rpm, cfg.tpm}
@@ -68,7 +79,16 @@ local function pace()
   end
 end
 
+-- Keys this call may have created (a written key that was empty, hence absent): they get the
+-- budget's deadline in `finish` (see `keep_alive`), so that every key expires when idle.
+local fresh = {}
+local function mark(k)
+  fresh[k] = true
+end
+
 local function store_config(epoch)
+  mark(K_CONFIG)
+  mark(K_STATE)
   redis.call('HSET', KEYS[K_CONFIG], 'digest', ARGV[2], 'max_concurrent', ARGV[3], 'rpm', ARGV[4],
     'tpm', ARGV[5], 'window_us', ARGV[6], 'margin_us', ARGV[7], 'burst', ARGV[8],
     'adaptive', ARGV[13])
@@ -99,8 +119,14 @@ end
 
 -- Checks the caller's limits against the stored ones. A budget met for the first time takes
 -- the caller's; one that may have been lost starts conservatively (`recovering_until`).
+-- Returns false and the stored config when they differ and do not replace it.
 local function check_config()
-  local digest = redis.call('HGET', KEYS[K_CONFIG], 'digest')
+  local v = read_config()
+  local digest = v[1]
+  if digest == ARGV[2] then
+    load_config(v)
+    return true
+  end
   if not digest then
     local epoch = int(now)
     store_config(epoch)
@@ -108,36 +134,47 @@ local function check_config()
     if until_ > now then
       redis.call('HSET', KEYS[K_STATE], 'recovering_until', int(until_))
     end
-  elseif digest ~= ARGV[2] then
-    if ARGV[10] == '1' then
-      store_config(nil)
-    else
-      return false
-    end
+  elseif ARGV[10] == '1' then
+    store_config(nil)
+  else
+    return false, v
   end
-  load_config()
+  -- Stored just now: the caller's limits.
+  load_config({ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[13]})
   return true
 end
 
-local state = {}
+-- The state hash: pacing, pause, ids, learning, the queue's last announcement, `due` (see
+-- `prune`), `expires` (see `keep_alive`), and the counters `stats` reports.
+local STATE_FIELDS = {'tat', 'paused_until', 'recovering_until', 'next_id', 'tok_used', 'epoch',
+  'announced', 'l_rpm', 'l_tpm', 'factor', 'f_step', 'f_event', 'discovering', 'due', 'expires'}
+local COUNTERS = {'acquired', 'tokens_charged', 'tokens_refunded', 'cancelled', 'reaped',
+  'total_wait_us', 'timeouts'}
+for _, name in ipairs(COUNTERS) do STATE_FIELDS[#STATE_FIELDS + 1] = name end
+
+local state, counted = {}, {}
+-- The state as read (false: absent), so that `save_state` writes only what changed.
+local stored = {}
 
 local function load_state()
-  local v = redis.call('HMGET', KEYS[K_STATE], 'tat', 'paused_until', 'recovering_until',
-    'next_id', 'tok_used', 'epoch', 'announced', 'l_rpm', 'l_tpm', 'factor', 'f_step',
-    'f_event', 'discovering')
-  state.tat = num(v[1], nil)
-  state.paused_until = num(v[2], 0)
-  state.recovering_until = num(v[3], 0)
-  state.next_id = num(v[4], 1)
-  state.tok_used = num(v[5], 0)
-  state.epoch = v[6] or ''
-  state.announced = v[7] or ''
-  state.l_rpm = num(v[8], -1)
-  state.l_tpm = num(v[9], -1)
-  state.factor = num(v[10], 1000)
-  state.f_step = num(v[11], 0)
-  state.f_event = num(v[12], nil)
-  state.discovering = num(v[13], 0) == 1
+  local v = redis.call('HMGET', KEYS[K_STATE], unpack(STATE_FIELDS))
+  for i, name in ipairs(STATE_FIELDS) do stored[name] = v[i] end
+  state.tat = num(stored.tat, nil)
+  state.paused_until = num(stored.paused_until, 0)
+  state.recovering_until = num(stored.recovering_until, 0)
+  state.next_id = num(stored.next_id, 1)
+  state.tok_used = num(stored.tok_used, 0)
+  state.epoch = stored.epoch or ''
+  state.announced = stored.announced or ''
+  state.l_rpm = num(stored.l_rpm, -1)
+  state.l_tpm = num(stored.l_tpm, -1)
+  state.factor = num(stored.factor, 1000)
+  state.f_step = num(stored.f_step, 0)
+  state.f_event = num(stored.f_event, nil)
+  state.discovering = num(stored.discovering, 0) == 1
+  state.due = num(stored.due, 0) -- unknown: prune at once
+  state.expires = num(stored.expires, nil)
+  for _, name in ipairs(COUNTERS) do counted[name] = num(stored[name], 0) end
 end
 
 -- What the processes of the budget learned from the provider (issue 8), shared: the limits
@@ -180,29 +217,39 @@ local function apply_learning()
   pace()
 end
 
-local counters = {}
 local function count(name, by)
-  counters[name] = (counters[name] or 0) + (by or 1)
+  counted[name] = counted[name] + (by or 1)
 end
 
+local function maybe_int(n)
+  return n and int(n)
+end
+
+-- The state as it is to be stored (nil: not stored; `epoch` is written by `store_config`).
+local function encoded()
+  local e = {tat = maybe_int(state.tat), paused_until = int(state.paused_until),
+    recovering_until = int(state.recovering_until), next_id = int(state.next_id),
+    tok_used = int(state.tok_used), announced = state.announced, l_rpm = int(state.l_rpm),
+    l_tpm = int(state.l_tpm), factor = int(state.factor), f_step = int(state.f_step),
+    f_event = maybe_int(state.f_event), discovering = state.discovering and '1' or '0',
+    due = int(state.due), expires = maybe_int(state.expires)}
+  for _, name in ipairs(COUNTERS) do
+    if counted[name] ~= 0 then e[name] = int(counted[name]) end
+  end
+  return e
+end
+
+-- Writes the fields that changed, in one HSET (counters included: no HINCRBY per counter).
 local function save_state()
-  local fields = {'next_id', int(state.next_id), 'tok_used', int(state.tok_used),
-    'paused_until', int(state.paused_until), 'recovering_until', int(state.recovering_until),
-    'announced', state.announced, 'l_rpm', int(state.l_rpm), 'l_tpm', int(state.l_tpm),
-    'factor', int(state.factor), 'f_step', int(state.f_step),
-    'discovering', state.discovering and 1 or 0}
-  if state.f_event then
-    fields[#fields + 1] = 'f_event'
-    fields[#fields + 1] = int(state.f_event)
+  local e, fields = encoded(), {}
+  for _, name in ipairs(STATE_FIELDS) do
+    local value = e[name]
+    if value and value ~= stored[name] then
+      fields[#fields + 1] = name
+      fields[#fields + 1] = value
+    end
   end
-  if state.tat then
-    fields[#fields + 1] = 'tat'
-    fields[#fields + 1] = int(state.tat)
-  end
-  redis.call('HSET', KEYS[K_STATE], unpack(fields))
-  for name, by in pairs(counters) do
-    redis.call('HINCRBY', KEYS[K_STATE], name, int(by))
-  end
+  if #fields > 0 then redis.call('HSET', KEYS[K_STATE], unpack(fields)) end
 end
 
 local function new_id()
@@ -231,12 +278,13 @@ local function expire_windows()
   end
 end
 
--- The first instant at which one more request fits in the requests window.
+-- The first instant at which one more request fits in the requests window, and how many
+-- requests it holds.
 local function requests_ready()
   local used = redis.call('ZCARD', KEYS[K_REQS])
-  if used < cfg.rpm then return now end
+  if used < cfg.rpm then return now, used end
   local oldest = redis.call('ZRANGE', KEYS[K_REQS], used - cfg.rpm, used - cfg.rpm, 'WITHSCORES')
-  return tonumber(oldest[2]) + cfg.counted_us
+  return tonumber(oldest[2]) + cfg.counted_us, used
 end
 
 -- The first instant at which `tokens` more fit in the tokens window.
@@ -251,10 +299,12 @@ local function tokens_ready(tokens)
   return now + cfg.counted_us
 end
 
-local function add_tokens(id, amount)
-  local held = num(redis.call('HGET', KEYS[K_AMOUNTS], id), 0)
+-- Adds to entry `id` of the tokens window (`held`: what it holds, if known).
+local function add_tokens(id, amount, held)
+  held = held or num(redis.call('HGET', KEYS[K_AMOUNTS], id), 0)
   local added = math.min(amount, ENTRY_CAP - held)
   redis.call('HSET', KEYS[K_AMOUNTS], id, int(held + added))
+  mark(K_AMOUNTS)
   state.tok_used = state.tok_used + added
 end
 
@@ -292,13 +342,24 @@ local function in_flight()
   return redis.call('ZCARD', KEYS[K_HOLDERS])
 end
 
+-- Leases (and reaped grants' records) fall due: `state.due` is never later than the first of
+-- them, so that `prune` has nothing to do before it. Every ZADD to holders, queue leases or
+-- reaped lowers it.
+local NEVER = 9007199254740992 -- 2^53 µs: nothing to prune until something is added
+
+local function lower_due(at)
+  if at < state.due then state.due = at end
+end
+
 -- Grants `tokens` now, or says when to ask again: {true, grant id} or {false, retry_at or -1,
 -- the limit that holds it}.
 local function try_take(tokens, lease_us)
-  if cfg.max_concurrent >= 0 and in_flight() >= cfg.max_concurrent then
-    return {false, -1, 'max_concurrent'}
+  local holding = -1 -- holders' count, if read
+  if cfg.max_concurrent >= 0 then
+    holding = in_flight()
+    if holding >= cfg.max_concurrent then return {false, -1, 'max_concurrent'} end
   end
-  local ready, by = now, nil
+  local ready, by, requests = now, nil, 0
   local function hold(at, name)
     if at > ready then ready, by = at, name end
   end
@@ -306,17 +367,25 @@ local function try_take(tokens, lease_us)
   hold(state.recovering_until, 'recovering')
   if cfg.rpm > 0 then
     hold(pacer_ready(), 'pacing')
-    hold(requests_ready(), 'rpm')
+    local at
+    at, requests = requests_ready()
+    hold(at, 'rpm')
   end
   if cfg.tpm > 0 and tokens > 0 then hold(tokens_ready(tokens), 'tpm') end
   if ready > now then return {false, ready, by} end
   local id = new_id()
   pacer_record()
   redis.call('ZADD', KEYS[K_HOLDERS], int(now + lease_us), id)
-  if cfg.rpm > 0 then redis.call('ZADD', KEYS[K_REQS], int(now), id) end
+  lower_due(now + lease_us)
+  if holding <= 0 then mark(K_HOLDERS) end
+  if cfg.rpm > 0 then
+    redis.call('ZADD', KEYS[K_REQS], int(now), id)
+    if requests == 0 then mark(K_REQS) end
+  end
   if cfg.tpm > 0 and tokens > 0 then
     redis.call('ZADD', KEYS[K_TOKS], int(now), id)
-    add_tokens(id, tokens)
+    mark(K_TOKS)
+    add_tokens(id, tokens, 0) -- a new id holds nothing yet
   end
   count('acquired')
   count('tokens_charged', tokens)
@@ -333,11 +402,19 @@ local function give_back(id, tokens)
   end
 end
 
--- Leases: holders and queued waiters of a process that stopped renewing them are dropped.
+local function lowest(k)
+  local first = redis.call('ZRANGE', KEYS[k], 0, 0, 'WITHSCORES')
+  return tonumber(first[2] or NEVER)
+end
+
+-- Leases: holders and queued waiters of a process that stopped renewing them are dropped,
+-- once one is due.
 local function prune()
+  if now < state.due then return end
   local dead = redis.call('ZRANGEBYSCORE', KEYS[K_HOLDERS], '-inf', int(now))
   for _, id in ipairs(dead) do
     redis.call('ZADD', KEYS[K_REAPED], int(now), id)
+    mark(K_REAPED)
   end
   if #dead > 0 then
     redis.call('ZREMRANGEBYSCORE', KEYS[K_HOLDERS], '-inf', int(now))
@@ -359,6 +436,8 @@ local function prune()
     redis.call('ZREMRANGEBYSCORE', KEYS[K_QLEASE], '-inf', int(now))
     count('cancelled', #lost)
   end
+  state.due = math.min(lowest(K_HOLDERS), lowest(K_QLEASE),
+    lowest(K_REAPED) + 2 * cfg.counted_us)
 end
 
 local handed_now = {}
@@ -367,10 +446,11 @@ local head_ticket = -1
 
 -- Serves the queue in order while the head can be granted; grants are kept for their
 -- waiters, who take them with `poll`. Notes the head's retry instant for the announcement.
+-- Returns whether the queue is empty.
 local function dispatch()
   while true do
     local head = redis.call('ZRANGE', KEYS[K_QUEUE], 0, 0)[1]
-    if not head then return end
+    if not head then return true end
     local info = redis.call('HGET', KEYS[K_QINFO], head)
     local tokens, since = string.match(info or '0 0', '^(%d+) (%d+)')
     tokens = tonumber(tokens)
@@ -379,12 +459,13 @@ local function dispatch()
     local r = try_take(tokens, lease_us)
     if not r[1] then
       head_ticket, head_retry = tonumber(head), r[2]
-      return
+      return false
     end
     redis.call('ZREM', KEYS[K_QUEUE], head)
     redis.call('HDEL', KEYS[K_QINFO], head)
     redis.call('HSET', KEYS[K_HANDED], head,
       int(r[2]) .. ' ' .. int(tokens) .. ' ' .. int(now) .. ' ' .. since)
+    mark(K_HANDED)
     handed_now[#handed_now + 1] = head
   end
 end
@@ -392,6 +473,8 @@ end
 -- Tells every process what changed for waiters: grants handed (to be taken by their owners)
 -- and the head of the queue with the time it may be served (-1: at a release). Said only when
 -- it changed, so idle waiters hear nothing.
+local NO_HEAD = '-1;-1'
+
 local function announce()
   local head = int(head_ticket) .. ';' .. int(head_retry)
   if #handed_now == 0 and head == state.announced then return end
@@ -411,21 +494,52 @@ local function take(ticket, lease_us)
   local gid, tokens, granted, since = string.match(handed, '^(%d+) (%d+) (%d+) (%d+)')
   if not redis.call('ZSCORE', KEYS[K_HOLDERS], gid) then return nil end
   redis.call('ZADD', KEYS[K_HOLDERS], 'XX', int(now + lease_us), gid)
+  lower_due(now + lease_us)
   count('total_wait_us', now - tonumber(since))
   return {'G', tonumber(gid), tonumber(tokens), now - tonumber(since), '', 0, granted}
 end
 
-local function touch_keys()
-  local ttl = math.max(2 * cfg.counted_us, 3 * tonumber(ARGV[9])) / 1000 + 60000
-  for i = 1, #KEYS do
-    redis.call('PEXPIRE', KEYS[i], int(ttl))
+-- Keys expire when the budget is idle, all at one deadline (`state.expires`, ms of the
+-- server's clock): two windows or three leases, and a minute, after the latest call. Pushing
+-- it back costs a PEXPIREAT per key, so it is pushed back only when it came within half that
+-- minute (or a caller with longer leases needs more): a busy budget pays for it every 30 s,
+-- not at every call, and an idle one still outlives its windows and leases by 30 s. A key
+-- created in between (see `mark`) gets the same deadline.
+local SLACK_MS, REFRESH_MS = 60000, 30000
+
+local function deadline_ms()
+  return math.floor((now + math.max(2 * cfg.counted_us, 3 * tonumber(ARGV[9]))) / 1000)
+    + SLACK_MS
+end
+
+-- Whether the deadline must be pushed back.
+local function expiry_stale()
+  return not state.expires or state.expires < deadline_ms() - REFRESH_MS
+end
+
+-- Plans the deadline (before `save_state`, which stores it); the keys to give it.
+local function keep_alive()
+  if expiry_stale() then
+    state.expires = deadline_ms()
+    return KEYS
+  end
+  local keys = {}
+  for k in pairs(fresh) do keys[#keys + 1] = KEYS[k] end
+  return keys
+end
+
+local function expire(keys)
+  for _, key in ipairs(keys) do
+    redis.call('PEXPIREAT', key, int(state.expires))
   end
 end
 
+-- After the state is written: a new state hash exists only then.
 local function finish(reply)
   announce()
+  local keys = keep_alive()
   save_state()
-  touch_keys()
+  expire(keys)
   return reply
 end
 
@@ -436,28 +550,41 @@ end
 
 -- The ops ------------------------------------------------------------------------------------
 
-if not check_config() then
-  local v = redis.call('HMGET', KEYS[K_CONFIG], 'digest', 'max_concurrent', 'rpm', 'tpm',
-    'window_us', 'margin_us', 'burst', 'adaptive')
-  return {'CONFLICT', v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8] or '0'}
+do
+  local same, v = check_config()
+  if not same then
+    return {'CONFLICT', v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8] or '0'}
+  end
 end
 load_state()
+
+if op == 'release' then
+  -- ARGV 14: grant id. When nobody is queued (nobody to serve), nothing is due (so this grant's
+  -- lease is live if it is held: `prune` would reap nothing), the last announcement said so and
+  -- the keys' deadline is fresh, the full path below would only free the slot: do just that.
+  -- Its windows stay as they are (a release never touches them).
+  if now < state.due and state.announced == NO_HEAD and not expiry_stale()
+      and not redis.call('ZRANGE', KEYS[K_QUEUE], 0, 0)[1] then
+    return {'R', redis.call('ZREM', KEYS[K_HOLDERS], ARGV[14])}
+  end
+end
+
 apply_learning()
 local epoch_changed = (ARGV[11] ~= '' and ARGV[11] ~= state.epoch) and 1 or 0
 
 if op == 'stats' then
   expire_windows()
   prune()
+  local keys = keep_alive() -- a budget only ever read must expire too
   save_state()
-  touch_keys() -- a budget only ever read must expire too
-  local v = redis.call('HMGET', KEYS[K_STATE], 'acquired', 'tokens_charged', 'tokens_refunded',
-    'cancelled', 'reaped', 'total_wait_us', 'timeouts')
+  expire(keys)
+  local c = counted
   return {'S', in_flight(), redis.call('ZCARD', KEYS[K_QUEUE]),
     cfg.rpm > 0 and redis.call('ZCARD', KEYS[K_REQS]) or -1,
     cfg.tpm > 0 and state.tok_used or -1,
     math.max(state.paused_until, state.recovering_until, now) - now,
-    num(v[1], 0), num(v[2], 0), num(v[3], 0), num(v[4], 0), num(v[5], 0), num(v[6], 0),
-    num(v[7], 0), state.epoch, cfg.max_concurrent, cfg.rpm, cfg.tpm, cfg.window_us,
+    c.acquired, c.tokens_charged, c.tokens_refunded, c.cancelled, c.reaped, c.total_wait_us,
+    c.timeouts, state.epoch, cfg.max_concurrent, cfg.rpm, cfg.tpm, cfg.window_us,
     cfg.margin_us, cfg.burst, state.l_rpm, state.l_tpm, state.factor,
     state.discovering and 1 or 0, cfg.configured[1], cfg.configured[2], cfg.configured[3]}
 end
@@ -489,12 +616,12 @@ end
 
 expire_windows()
 prune()
-dispatch()
+local queue_empty = dispatch()
 
 if op == 'acquire' then
   -- ARGV 14: tokens, 15: lease_us, 16: "1" to queue when not granted at once
   local tokens, lease_us = tonumber(ARGV[14]), tonumber(ARGV[15])
-  local first = redis.call('ZCARD', KEYS[K_QUEUE]) == 0
+  local first = queue_empty
   local r = {false, -1, 'queue'}
   if first then
     r = try_take(tokens, lease_us)
@@ -511,6 +638,10 @@ if op == 'acquire' then
   redis.call('ZADD', KEYS[K_QUEUE], int(ticket), int(ticket))
   redis.call('HSET', KEYS[K_QINFO], int(ticket), int(tokens) .. ' ' .. int(now))
   redis.call('ZADD', KEYS[K_QLEASE], int(now + lease_us), int(ticket))
+  lower_due(now + lease_us)
+  mark(K_QUEUE)
+  mark(K_QINFO)
+  mark(K_QLEASE)
   if first then head_ticket, head_retry = ticket, r[2] end
   return finish({'Q', ticket, retry_in(ticket), state.epoch, epoch_changed})
 end
@@ -525,6 +656,7 @@ if op == 'poll' then
   end
   if redis.call('ZSCORE', KEYS[K_QUEUE], ticket) then
     redis.call('ZADD', KEYS[K_QLEASE], 'XX', int(now + lease_us), ticket)
+    lower_due(now + lease_us)
     return finish({'W', retry_in(ticket)})
   end
   return finish({'U'})
@@ -572,6 +704,7 @@ if op == 'settle' then
     elseif actual > charged then
       if not in_window then
         redis.call('ZADD', KEYS[K_TOKS], int(now), gid)
+        mark(K_TOKS)
       end
       add_tokens(gid, actual - charged)
       count('tokens_charged', actual - charged)
@@ -615,12 +748,14 @@ if op == 'renew' then
   -- Handed tickets are reported so that the process takes them (a lost announcement).
   local lease_us, n = tonumber(ARGV[14]), tonumber(ARGV[15])
   local lost, handed = {}, {}
+  lower_due(now + lease_us)
   for i = 16, 15 + n do
     local gid = ARGV[i]
     if redis.call('ZADD', KEYS[K_HOLDERS], 'XX', 'CH', int(now + lease_us), gid) == 0
         and not redis.call('ZSCORE', KEYS[K_HOLDERS], gid) then
       if epoch_changed == 1 and not redis.call('ZSCORE', KEYS[K_REAPED], gid) then
         redis.call('ZADD', KEYS[K_HOLDERS], int(now + lease_us), gid)
+        mark(K_HOLDERS)
       else
         lost[#lost + 1] = gid
       end
