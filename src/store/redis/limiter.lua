@@ -37,32 +37,87 @@ do
 end
 
 -- Numbers go to Redis as whole decimals: Lua would write 1.7966697618924e+15 (14 digits).
+-- '%d' is exact for whole numbers below 2^53 and costs a third of '%.0f' (used for the rest).
 local function int(n)
+  if n == math.floor(n) and n < 9007199254740992 and n > -9007199254740992 then
+    return string.format('%d', n)
+  end
   return string.format('%.0f', n)
 end
 
+-- A number as read (false: absent).
 local function num(v, default)
-  if v == false or v == nil or v == '' then return default end
-  return tonumber(v)
+  return tonumber(v) or default
+end
+
+-- The stored limits' digest. It spells out every limit (src/store/redis/script.rs), so when
+-- it is the caller's, the stored limits are the caller's (ARGV 3-8, 13): only it is read.
+local digest = redis.call('HGET', KEYS[K_CONFIG], 'digest')
+
+-- The state hash: pacing, pause, ids, learning, the queue's last announcement, `due` (see
+-- `prune`), `expires` (see `keep_alive`), and the two counters every grant moves (the other
+-- counters `stats` reports move on rare events, by HINCRBY: see `count`).
+local STATE_FIELDS = {'tat', 'paused_until', 'recovering_until', 'next_id', 'tok_used', 'epoch',
+  'announced', 'l_rpm', 'l_tpm', 'factor', 'f_step', 'f_event', 'discovering', 'due', 'expires',
+  'acquired', 'tokens_charged'}
+local COUNTERS = {'acquired', 'tokens_charged', 'tokens_refunded', 'cancelled', 'reaped',
+  'total_wait_us', 'timeouts'}
+
+-- The state as read, in the order of STATE_FIELDS (false: absent).
+local stored
+local function read_state()
+  stored = redis.call('HMGET', KEYS[K_STATE], unpack(STATE_FIELDS))
+end
+
+read_state()
+
+-- Keys expire when the budget is idle, all at one deadline (`expires` in the state, ms of the
+-- server's clock): two windows or three leases, and a minute, after the latest call. Pushing
+-- it back costs a PEXPIREAT per key, so it is pushed back only when it came within half that
+-- minute (or a caller with longer leases needs more): a busy budget pays for it every 30 s,
+-- not at every call, and an idle one still outlives its windows and leases by 30 s. A key
+-- created in between (see `mark`) gets the same deadline.
+local SLACK_MS, REFRESH_MS = 60000, 30000
+
+local function deadline_ms(counted_us)
+  return math.floor((now + math.max(2 * counted_us, 3 * tonumber(ARGV[9]))) / 1000) + SLACK_MS
+end
+
+-- Whether the deadline must be pushed back.
+local function expiry_stale(expires, counted_us)
+  return not expires or expires < deadline_ms(counted_us) - REFRESH_MS
+end
+
+local NO_HEAD = '-1;-1' -- announced: nobody queued
+
+-- The common release first, before the rest of the script is even defined (creating its
+-- functions costs the server more than this release does). ARGV 14: grant id. When these
+-- limits are the stored ones, nobody is queued (nobody to serve), nothing is due (so this
+-- grant's lease is live if it is held: `prune` would reap nothing), the last announcement
+-- said so and the keys' deadline is fresh, the full path below would only free the slot: do
+-- just that. Its windows stay as they are (a release never touches them).
+if op == 'release' and digest == ARGV[2] then
+  local counted_us = tonumber(ARGV[6]) + tonumber(ARGV[7])
+  -- stored[14]: due, [7]: announced, [15]: expires
+  if now < num(stored[14], 0) and stored[7] == NO_HEAD
+      and not expiry_stale(num(stored[15], nil), counted_us)
+      and not redis.call('ZRANGE', KEYS[K_QUEUE], 0, 0)[1] then
+    return {'R', redis.call('ZREM', KEYS[K_HOLDERS], ARGV[14])}
+  end
 end
 
 -- The budget's configuration, as stored (the stored limits win; see `check_config`).
 local cfg = {}
 
--- The stored config as {digest, max_concurrent, rpm, tpm, window_us, margin_us, burst, adaptive}.
-local function read_config()
-  return redis.call('HMGET', KEYS[K_CONFIG], 'digest', 'max_concurrent', 'rpm', 'tpm',
-    'window_us', 'margin_us', 'burst', 'adaptive')
-end
-
-local function load_config(v)
-  cfg.max_concurrent = num(v[2], -1)
-  cfg.rpm = num(v[3], -1)
-  cfg.tpm = num(v[4], -1)
-  cfg.window_us = num(v[5], 60000000)
-  cfg.margin_us = num(v[6], 0)
-  cfg.burst = num(v[7], 1)
-  cfg.adaptive = v[8] == '1'
+-- The caller's limits (ARGV 3-8, 13), which are the stored ones (`check_config`).
+local function load_config()
+  cfg.max_concurrent = tonumber(ARGV[3])
+  cfg.rpm = tonumber(ARGV[4])
+  cfg.tpm = tonumber(ARGV[5])
+  cfg.window_us = tonumber(ARGV[6])
+  cfg.margin_us = tonumber(ARGV[7])
+  cfg.burst = tonumber(ARGV[8])
+  cfg.adaptive = ARGV[13] == '1'
   cfg.counted_us = cfg.window_us + cfg.margin_us
   -- As configured; the limits in force (`apply_learning`) may be lower.
   cfg.configured = {cfg.max_concurrent, cfg.rpm, cfg.tpm}
@@ -119,12 +174,10 @@ end
 
 -- Checks the caller's limits against the stored ones. A budget met for the first time takes
 -- the caller's; one that may have been lost starts conservatively (`recovering_until`).
--- Returns false and the stored config when they differ and do not replace it.
+-- Returns false when they differ and do not replace them.
 local function check_config()
-  local v = read_config()
-  local digest = v[1]
   if digest == ARGV[2] then
-    load_config(v)
+    load_config()
     return true
   end
   if not digest then
@@ -137,44 +190,42 @@ local function check_config()
   elseif ARGV[10] == '1' then
     store_config(nil)
   else
-    return false, v
+    return false
   end
-  -- Stored just now: the caller's limits.
-  load_config({ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[13]})
+  load_config()
+  read_state() -- as `store_config` reset it
   return true
 end
 
--- The state hash: pacing, pause, ids, learning, the queue's last announcement, `due` (see
--- `prune`), `expires` (see `keep_alive`), and the counters `stats` reports.
-local STATE_FIELDS = {'tat', 'paused_until', 'recovering_until', 'next_id', 'tok_used', 'epoch',
-  'announced', 'l_rpm', 'l_tpm', 'factor', 'f_step', 'f_event', 'discovering', 'due', 'expires'}
-local COUNTERS = {'acquired', 'tokens_charged', 'tokens_refunded', 'cancelled', 'reaped',
-  'total_wait_us', 'timeouts'}
-for _, name in ipairs(COUNTERS) do STATE_FIELDS[#STATE_FIELDS + 1] = name end
-
-local state, counted = {}, {}
--- The state as read (false: absent), so that `save_state` writes only what changed.
-local stored = {}
+-- The state, decoded. Assignments to it are noted, so that `save_state` writes only the fields
+-- that changed.
+local values, changed = {}, {}
+local state = setmetatable({}, {__index = values, __newindex = function(_, name, value)
+  if values[name] ~= value then
+    values[name] = value
+    changed[name] = true
+  end
+end})
 
 local function load_state()
-  local v = redis.call('HMGET', KEYS[K_STATE], unpack(STATE_FIELDS))
-  for i, name in ipairs(STATE_FIELDS) do stored[name] = v[i] end
-  state.tat = num(stored.tat, nil)
-  state.paused_until = num(stored.paused_until, 0)
-  state.recovering_until = num(stored.recovering_until, 0)
-  state.next_id = num(stored.next_id, 1)
-  state.tok_used = num(stored.tok_used, 0)
-  state.epoch = stored.epoch or ''
-  state.announced = stored.announced or ''
-  state.l_rpm = num(stored.l_rpm, -1)
-  state.l_tpm = num(stored.l_tpm, -1)
-  state.factor = num(stored.factor, 1000)
-  state.f_step = num(stored.f_step, 0)
-  state.f_event = num(stored.f_event, nil)
-  state.discovering = num(stored.discovering, 0) == 1
-  state.due = num(stored.due, 0) -- unknown: prune at once
-  state.expires = num(stored.expires, nil)
-  for _, name in ipairs(COUNTERS) do counted[name] = num(stored[name], 0) end
+  local v, s = values, stored
+  v.tat = num(s[1], nil)
+  v.paused_until = num(s[2], 0)
+  v.recovering_until = num(s[3], 0)
+  v.next_id = num(s[4], 1)
+  v.tok_used = num(s[5], 0)
+  v.epoch = s[6] or ''
+  v.announced = s[7] or ''
+  v.l_rpm = num(s[8], -1)
+  v.l_tpm = num(s[9], -1)
+  v.factor = num(s[10], 1000)
+  v.f_step = num(s[11], 0)
+  v.f_event = num(s[12], nil)
+  v.discovering = s[13] == '1'
+  v.due = num(s[14], 0) -- unknown: prune at once
+  v.expires = num(s[15], nil)
+  v.acquired = num(s[16], 0)
+  v.tokens_charged = num(s[17], 0)
 end
 
 -- What the processes of the budget learned from the provider (issue 8), shared: the limits
@@ -218,35 +269,29 @@ local function apply_learning()
 end
 
 local function count(name, by)
-  counted[name] = counted[name] + (by or 1)
-end
-
-local function maybe_int(n)
-  return n and int(n)
-end
-
--- The state as it is to be stored (nil: not stored; `epoch` is written by `store_config`).
-local function encoded()
-  local e = {tat = maybe_int(state.tat), paused_until = int(state.paused_until),
-    recovering_until = int(state.recovering_until), next_id = int(state.next_id),
-    tok_used = int(state.tok_used), announced = state.announced, l_rpm = int(state.l_rpm),
-    l_tpm = int(state.l_tpm), factor = int(state.factor), f_step = int(state.f_step),
-    f_event = maybe_int(state.f_event), discovering = state.discovering and '1' or '0',
-    due = int(state.due), expires = maybe_int(state.expires)}
-  for _, name in ipairs(COUNTERS) do
-    if counted[name] ~= 0 then e[name] = int(counted[name]) end
+  by = by or 1
+  if by == 0 then return end
+  if name == 'acquired' or name == 'tokens_charged' then
+    state[name] = state[name] + by
+  else
+    redis.call('HINCRBY', KEYS[K_STATE], name, int(by))
   end
-  return e
 end
 
--- Writes the fields that changed, in one HSET (counters included: no HINCRBY per counter).
+local function encode(value)
+  if value == true then return '1' end
+  if value == false then return '0' end
+  if type(value) == 'string' then return value end
+  return int(value)
+end
+
+-- Writes the fields that changed, in one HSET.
 local function save_state()
-  local e, fields = encoded(), {}
-  for _, name in ipairs(STATE_FIELDS) do
-    local value = e[name]
-    if value and value ~= stored[name] then
+  local fields = {}
+  for name in pairs(changed) do
+    if values[name] ~= nil then
       fields[#fields + 1] = name
-      fields[#fields + 1] = value
+      fields[#fields + 1] = encode(values[name])
     end
   end
   if #fields > 0 then redis.call('HSET', KEYS[K_STATE], unpack(fields)) end
@@ -473,9 +518,8 @@ end
 -- Tells every process what changed for waiters: grants handed (to be taken by their owners)
 -- and the head of the queue with the time it may be served (-1: at a release). Said only when
 -- it changed, so idle waiters hear nothing.
-local NO_HEAD = '-1;-1'
-
 local function announce()
+  if #handed_now == 0 and head_ticket < 0 and state.announced == NO_HEAD then return end
   local head = int(head_ticket) .. ';' .. int(head_retry)
   if #handed_now == 0 and head == state.announced then return end
   state.announced = head
@@ -499,28 +543,10 @@ local function take(ticket, lease_us)
   return {'G', tonumber(gid), tonumber(tokens), now - tonumber(since), '', 0, granted}
 end
 
--- Keys expire when the budget is idle, all at one deadline (`state.expires`, ms of the
--- server's clock): two windows or three leases, and a minute, after the latest call. Pushing
--- it back costs a PEXPIREAT per key, so it is pushed back only when it came within half that
--- minute (or a caller with longer leases needs more): a busy budget pays for it every 30 s,
--- not at every call, and an idle one still outlives its windows and leases by 30 s. A key
--- created in between (see `mark`) gets the same deadline.
-local SLACK_MS, REFRESH_MS = 60000, 30000
-
-local function deadline_ms()
-  return math.floor((now + math.max(2 * cfg.counted_us, 3 * tonumber(ARGV[9]))) / 1000)
-    + SLACK_MS
-end
-
--- Whether the deadline must be pushed back.
-local function expiry_stale()
-  return not state.expires or state.expires < deadline_ms() - REFRESH_MS
-end
-
--- Plans the deadline (before `save_state`, which stores it); the keys to give it.
+-- Plans the keys' deadline (before `save_state`, which stores it); the keys to give it.
 local function keep_alive()
-  if expiry_stale() then
-    state.expires = deadline_ms()
+  if expiry_stale(state.expires, cfg.counted_us) then
+    state.expires = deadline_ms(cfg.counted_us)
     return KEYS
   end
   local keys = {}
@@ -550,25 +576,12 @@ end
 
 -- The ops ------------------------------------------------------------------------------------
 
-do
-  local same, v = check_config()
-  if not same then
-    return {'CONFLICT', v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8] or '0'}
-  end
+if not check_config() then
+  local v = redis.call('HMGET', KEYS[K_CONFIG], 'digest', 'max_concurrent', 'rpm', 'tpm',
+    'window_us', 'margin_us', 'burst', 'adaptive')
+  return {'CONFLICT', v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8] or '0'}
 end
 load_state()
-
-if op == 'release' then
-  -- ARGV 14: grant id. When nobody is queued (nobody to serve), nothing is due (so this grant's
-  -- lease is live if it is held: `prune` would reap nothing), the last announcement said so and
-  -- the keys' deadline is fresh, the full path below would only free the slot: do just that.
-  -- Its windows stay as they are (a release never touches them).
-  if now < state.due and state.announced == NO_HEAD and not expiry_stale()
-      and not redis.call('ZRANGE', KEYS[K_QUEUE], 0, 0)[1] then
-    return {'R', redis.call('ZREM', KEYS[K_HOLDERS], ARGV[14])}
-  end
-end
-
 apply_learning()
 local epoch_changed = (ARGV[11] ~= '' and ARGV[11] ~= state.epoch) and 1 or 0
 
@@ -578,7 +591,10 @@ if op == 'stats' then
   local keys = keep_alive() -- a budget only ever read must expire too
   save_state()
   expire(keys)
-  local c = counted
+  local c = {}
+  for i, v in ipairs(redis.call('HMGET', KEYS[K_STATE], unpack(COUNTERS))) do
+    c[COUNTERS[i]] = num(v, 0)
+  end
   return {'S', in_flight(), redis.call('ZCARD', KEYS[K_QUEUE]),
     cfg.rpm > 0 and redis.call('ZCARD', KEYS[K_REQS]) or -1,
     cfg.tpm > 0 and state.tok_used or -1,
