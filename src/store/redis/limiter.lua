@@ -162,12 +162,14 @@ local function recovering_until()
   -- The caller knew the budget: its state was lost (a flush, an eviction, a restart).
   if ARGV[11] ~= '' then return now + counted end
   -- A server that started less than a window ago cannot tell a new budget from one it lost
-  -- in its restart, whoever asks first: count from its start (uptime is whole seconds, so
-  -- the start is taken at its latest).
+  -- in its restart, whoever asks first: count from its start, taken at its latest. Uptime is
+  -- the difference of two whole-second clocks, so it reads 1 as early as a few ms after a
+  -- start that straddled a second: the server may be up to 1 s younger than it says.
   local info = redis.call('INFO', 'server')
   local uptime = tonumber(string.match(info, 'uptime_in_seconds:(%d+)') or '')
-  if uptime and uptime * 1000000 < counted then
-    return now - uptime * 1000000 + counted
+  if uptime then
+    local youngest = math.max(uptime - 1, 0) * 1000000
+    if youngest < counted then return now - youngest + counted end
   end
   return 0
 end
