@@ -69,8 +69,6 @@ local function read_state()
   stored = redis.call('HMGET', KEYS[K_STATE], unpack(STATE_FIELDS))
 end
 
-read_state()
-
 -- Keys expire when the budget is idle, all at one deadline (`expires` in the state, ms of the
 -- server's clock): two windows or three leases, and a minute, after the latest call. Pushing
 -- it back costs a PEXPIREAT per key, so it is pushed back only when it came within half that
@@ -98,13 +96,16 @@ local NO_HEAD = '-1;-1' -- announced: nobody queued
 -- just that. Its windows stay as they are (a release never touches them).
 if op == 'release' and digest == ARGV[2] then
   local counted_us = tonumber(ARGV[6]) + tonumber(ARGV[7])
-  -- stored[14]: due, [7]: announced, [15]: expires
-  if now < num(stored[14], 0) and stored[7] == NO_HEAD
-      and not expiry_stale(num(stored[15], nil), counted_us)
+  -- Only the three fields this needs (each field read costs the server ~0.3 µs).
+  local due, announced, expires = unpack(redis.call('HMGET', KEYS[K_STATE], 'due', 'announced',
+    'expires'))
+  if now < num(due, 0) and announced == NO_HEAD and not expiry_stale(num(expires, nil), counted_us)
       and not redis.call('ZRANGE', KEYS[K_QUEUE], 0, 0)[1] then
     return {'R', redis.call('ZREM', KEYS[K_HOLDERS], ARGV[14])}
   end
 end
+
+read_state()
 
 -- The budget's configuration, as stored (the stored limits win; see `check_config`).
 local cfg = {}
