@@ -10,6 +10,13 @@
 -- Times are microseconds of the server's clock (TIME). Every key shares the budget's hash
 -- tag, so the script runs on one node of a cluster.
 --
+-- Every acquire and every release runs this script, and each redis.call costs the server ~1-2
+-- µs: the common calls do only the work they need (benches/RESULTS.md, "Shared budgets on
+-- Redis"). Config and state are read in one HMGET each and the state written back in one HSET
+-- of the fields that changed; prune runs only when a lease is due (`state.due`); the keys'
+-- deadline is pushed back only when it comes near (`keep_alive`); a release with nothing else
+-- to do frees its slot and returns.
+--
 -- KEYS: 1 config, 2 state, 3 requests window, 4 tokens window, 5 token amounts, 6 holders,
 --       7 queue, 8 queued requests, 9 queue leases, 10 handed grants, 11 reaped grants
 -- ARGV: 1 op, 2 config digest, 3 max_concurrent, 4 rpm, 5 tpm, 6 window_us, 7 margin_us,
@@ -30,28 +37,88 @@ do
 end
 
 -- Numbers go to Redis as whole decimals: Lua would write 1.7966697618924e+15 (14 digits).
+-- '%d' is exact for whole numbers below 2^53 and costs a third of '%.0f' (used for the rest).
 local function int(n)
+  if n == math.floor(n) and n < 9007199254740992 and n > -9007199254740992 then
+    return string.format('%d', n)
+  end
   return string.format('%.0f', n)
 end
 
+-- A number as read (false: absent).
 local function num(v, default)
-  if v == false or v == nil or v == '' then return default end
-  return tonumber(v)
+  return tonumber(v) or default
 end
+
+-- The stored limits' digest. It spells out every limit (src/store/redis/script.rs), so when
+-- it is the caller's, the stored limits are the caller's (ARGV 3-8, 13): only it is read.
+local digest = redis.call('HGET', KEYS[K_CONFIG], 'digest')
+
+-- The state hash: pacing, pause, ids, learning, the queue's last announcement, `due` (see
+-- `prune`), `expires` (see `keep_alive`), and the two counters every grant moves (the other
+-- counters `stats` reports move on rare events, by HINCRBY: see `count`).
+local STATE_FIELDS = {'tat', 'paused_until', 'recovering_until', 'next_id', 'tok_used', 'epoch',
+  'announced', 'l_rpm', 'l_tpm', 'factor', 'f_step', 'f_event', 'discovering', 'due', 'expires',
+  'acquired', 'tokens_charged'}
+local COUNTERS = {'acquired', 'tokens_charged', 'tokens_refunded', 'cancelled', 'reaped',
+  'total_wait_us', 'timeouts'}
+
+-- The state as read, in the order of STATE_FIELDS (false: absent).
+local stored
+local function read_state()
+  stored = redis.call('HMGET', KEYS[K_STATE], unpack(STATE_FIELDS))
+end
+
+-- Keys expire when the budget is idle, all at one deadline (`expires` in the state, ms of the
+-- server's clock): two windows or three leases, and a minute, after the latest call. Pushing
+-- it back costs a PEXPIREAT per key, so it is pushed back only when it came within half that
+-- minute (or a caller with longer leases needs more): a busy budget pays for it every 30 s,
+-- not at every call, and an idle one still outlives its windows and leases by 30 s. A key
+-- created in between (see `mark`) gets the same deadline.
+local SLACK_MS, REFRESH_MS = 60000, 30000
+
+local function deadline_ms(counted_us)
+  return math.floor((now + math.max(2 * counted_us, 3 * tonumber(ARGV[9]))) / 1000) + SLACK_MS
+end
+
+-- Whether the deadline must be pushed back.
+local function expiry_stale(expires, counted_us)
+  return not expires or expires < deadline_ms(counted_us) - REFRESH_MS
+end
+
+local NO_HEAD = '-1;-1' -- announced: nobody queued
+
+-- The common release first, before the rest of the script is even defined (creating its
+-- functions costs the server more than this release does). ARGV 14: grant id. When these
+-- limits are the stored ones, nobody is queued (nobody to serve), nothing is due (so this
+-- grant's lease is live if it is held: `prune` would reap nothing), the last announcement
+-- said so and the keys' deadline is fresh, the full path below would only free the slot: do
+-- just that. Its windows stay as they are (a release never touches them).
+if op == 'release' and digest == ARGV[2] then
+  local counted_us = tonumber(ARGV[6]) + tonumber(ARGV[7])
+  -- Only the three fields this needs (each field read costs the server ~0.3 µs).
+  local due, announced, expires = unpack(redis.call('HMGET', KEYS[K_STATE], 'due', 'announced',
+    'expires'))
+  if now < num(due, 0) and announced == NO_HEAD and not expiry_stale(num(expires, nil), counted_us)
+      and not redis.call('ZRANGE', KEYS[K_QUEUE], 0, 0)[1] then
+    return {'R', redis.call('ZREM', KEYS[K_HOLDERS], ARGV[14])}
+  end
+end
+
+read_state()
 
 -- The budget's configuration, as stored (the stored limits win; see `check_config`).
 local cfg = {}
 
+-- The caller's limits (ARGV 3-8, 13), which are the stored ones (`check_config`).
 local function load_config()
-  local v = redis.call('HMGET', KEYS[K_CONFIG], 'max_concurrent', 'rpm', 'tpm', 'window_us',
-    'margin_us', 'burst', 'adaptive')
-  cfg.max_concurrent = num(v[1], -1)
-  cfg.rpm = num(v[2], -1)
-  cfg.tpm = num(v[3], -1)
-  cfg.window_us = num(v[4], 60000000)
-  cfg.margin_us = num(v[5], 0)
-  cfg.burst = num(v[6], 1)
-  cfg.adaptive = v[7] == '1'
+  cfg.max_concurrent = tonumber(ARGV[3])
+  cfg.rpm = tonumber(ARGV[4])
+  cfg.tpm = tonumber(ARGV[5])
+  cfg.window_us = tonumber(ARGV[6])
+  cfg.margin_us = tonumber(ARGV[7])
+  cfg.burst = tonumber(ARGV[8])
+  cfg.adaptive = ARGV[13] == '1'
   cfg.counted_us = cfg.window_us + cfg.margin_us
   -- As configured; the limits in force (`apply_learning`) may be lower.
   cfg.configured = {cfg.max_concurrent, cfg.rpm, cfg.tpm}
@@ -68,7 +135,16 @@ local function pace()
   end
 end
 
+-- Keys this call may have created (a written key that was empty, hence absent): they get the
+-- budget's deadline in `finish` (see `keep_alive`), so that every key expires when idle.
+local fresh = {}
+local function mark(k)
+  fresh[k] = true
+end
+
 local function store_config(epoch)
+  mark(K_CONFIG)
+  mark(K_STATE)
   redis.call('HSET', KEYS[K_CONFIG], 'digest', ARGV[2], 'max_concurrent', ARGV[3], 'rpm', ARGV[4],
     'tpm', ARGV[5], 'window_us', ARGV[6], 'margin_us', ARGV[7], 'burst', ARGV[8],
     'adaptive', ARGV[13])
@@ -87,20 +163,26 @@ local function recovering_until()
   -- The caller knew the budget: its state was lost (a flush, an eviction, a restart).
   if ARGV[11] ~= '' then return now + counted end
   -- A server that started less than a window ago cannot tell a new budget from one it lost
-  -- in its restart, whoever asks first: count from its start (uptime is whole seconds, so
-  -- the start is taken at its latest).
+  -- in its restart, whoever asks first: count from its start, taken at its latest. Uptime is
+  -- the difference of two whole-second clocks, so it reads 1 as early as a few ms after a
+  -- start that straddled a second: the server may be up to 1 s younger than it says.
   local info = redis.call('INFO', 'server')
   local uptime = tonumber(string.match(info, 'uptime_in_seconds:(%d+)') or '')
-  if uptime and uptime * 1000000 < counted then
-    return now - uptime * 1000000 + counted
+  if uptime then
+    local youngest = math.max(uptime - 1, 0) * 1000000
+    if youngest < counted then return now - youngest + counted end
   end
   return 0
 end
 
 -- Checks the caller's limits against the stored ones. A budget met for the first time takes
 -- the caller's; one that may have been lost starts conservatively (`recovering_until`).
+-- Returns false when they differ and do not replace them.
 local function check_config()
-  local digest = redis.call('HGET', KEYS[K_CONFIG], 'digest')
+  if digest == ARGV[2] then
+    load_config()
+    return true
+  end
   if not digest then
     local epoch = int(now)
     store_config(epoch)
@@ -108,36 +190,45 @@ local function check_config()
     if until_ > now then
       redis.call('HSET', KEYS[K_STATE], 'recovering_until', int(until_))
     end
-  elseif digest ~= ARGV[2] then
-    if ARGV[10] == '1' then
-      store_config(nil)
-    else
-      return false
-    end
+  elseif ARGV[10] == '1' then
+    store_config(nil)
+  else
+    return false
   end
   load_config()
+  read_state() -- as `store_config` reset it
   return true
 end
 
-local state = {}
+-- The state, decoded. Assignments to it are noted, so that `save_state` writes only the fields
+-- that changed.
+local values, changed = {}, {}
+local state = setmetatable({}, {__index = values, __newindex = function(_, name, value)
+  if values[name] ~= value then
+    values[name] = value
+    changed[name] = true
+  end
+end})
 
 local function load_state()
-  local v = redis.call('HMGET', KEYS[K_STATE], 'tat', 'paused_until', 'recovering_until',
-    'next_id', 'tok_used', 'epoch', 'announced', 'l_rpm', 'l_tpm', 'factor', 'f_step',
-    'f_event', 'discovering')
-  state.tat = num(v[1], nil)
-  state.paused_until = num(v[2], 0)
-  state.recovering_until = num(v[3], 0)
-  state.next_id = num(v[4], 1)
-  state.tok_used = num(v[5], 0)
-  state.epoch = v[6] or ''
-  state.announced = v[7] or ''
-  state.l_rpm = num(v[8], -1)
-  state.l_tpm = num(v[9], -1)
-  state.factor = num(v[10], 1000)
-  state.f_step = num(v[11], 0)
-  state.f_event = num(v[12], nil)
-  state.discovering = num(v[13], 0) == 1
+  local v, s = values, stored
+  v.tat = num(s[1], nil)
+  v.paused_until = num(s[2], 0)
+  v.recovering_until = num(s[3], 0)
+  v.next_id = num(s[4], 1)
+  v.tok_used = num(s[5], 0)
+  v.epoch = s[6] or ''
+  v.announced = s[7] or ''
+  v.l_rpm = num(s[8], -1)
+  v.l_tpm = num(s[9], -1)
+  v.factor = num(s[10], 1000)
+  v.f_step = num(s[11], 0)
+  v.f_event = num(s[12], nil)
+  v.discovering = s[13] == '1'
+  v.due = num(s[14], 0) -- unknown: prune at once
+  v.expires = num(s[15], nil)
+  v.acquired = num(s[16], 0)
+  v.tokens_charged = num(s[17], 0)
 end
 
 -- What the processes of the budget learned from the provider (issue 8), shared: the limits
@@ -180,29 +271,33 @@ local function apply_learning()
   pace()
 end
 
-local counters = {}
 local function count(name, by)
-  counters[name] = (counters[name] or 0) + (by or 1)
-end
-
-local function save_state()
-  local fields = {'next_id', int(state.next_id), 'tok_used', int(state.tok_used),
-    'paused_until', int(state.paused_until), 'recovering_until', int(state.recovering_until),
-    'announced', state.announced, 'l_rpm', int(state.l_rpm), 'l_tpm', int(state.l_tpm),
-    'factor', int(state.factor), 'f_step', int(state.f_step),
-    'discovering', state.discovering and 1 or 0}
-  if state.f_event then
-    fields[#fields + 1] = 'f_event'
-    fields[#fields + 1] = int(state.f_event)
-  end
-  if state.tat then
-    fields[#fields + 1] = 'tat'
-    fields[#fields + 1] = int(state.tat)
-  end
-  redis.call('HSET', KEYS[K_STATE], unpack(fields))
-  for name, by in pairs(counters) do
+  by = by or 1
+  if by == 0 then return end
+  if name == 'acquired' or name == 'tokens_charged' then
+    state[name] = state[name] + by
+  else
     redis.call('HINCRBY', KEYS[K_STATE], name, int(by))
   end
+end
+
+local function encode(value)
+  if value == true then return '1' end
+  if value == false then return '0' end
+  if type(value) == 'string' then return value end
+  return int(value)
+end
+
+-- Writes the fields that changed, in one HSET.
+local function save_state()
+  local fields = {}
+  for name in pairs(changed) do
+    if values[name] ~= nil then
+      fields[#fields + 1] = name
+      fields[#fields + 1] = encode(values[name])
+    end
+  end
+  if #fields > 0 then redis.call('HSET', KEYS[K_STATE], unpack(fields)) end
 end
 
 local function new_id()
@@ -231,12 +326,13 @@ local function expire_windows()
   end
 end
 
--- The first instant at which one more request fits in the requests window.
+-- The first instant at which one more request fits in the requests window, and how many
+-- requests it holds.
 local function requests_ready()
   local used = redis.call('ZCARD', KEYS[K_REQS])
-  if used < cfg.rpm then return now end
+  if used < cfg.rpm then return now, used end
   local oldest = redis.call('ZRANGE', KEYS[K_REQS], used - cfg.rpm, used - cfg.rpm, 'WITHSCORES')
-  return tonumber(oldest[2]) + cfg.counted_us
+  return tonumber(oldest[2]) + cfg.counted_us, used
 end
 
 -- The first instant at which `tokens` more fit in the tokens window.
@@ -251,10 +347,12 @@ local function tokens_ready(tokens)
   return now + cfg.counted_us
 end
 
-local function add_tokens(id, amount)
-  local held = num(redis.call('HGET', KEYS[K_AMOUNTS], id), 0)
+-- Adds to entry `id` of the tokens window (`held`: what it holds, if known).
+local function add_tokens(id, amount, held)
+  held = held or num(redis.call('HGET', KEYS[K_AMOUNTS], id), 0)
   local added = math.min(amount, ENTRY_CAP - held)
   redis.call('HSET', KEYS[K_AMOUNTS], id, int(held + added))
+  mark(K_AMOUNTS)
   state.tok_used = state.tok_used + added
 end
 
@@ -292,13 +390,24 @@ local function in_flight()
   return redis.call('ZCARD', KEYS[K_HOLDERS])
 end
 
+-- Leases (and reaped grants' records) fall due: `state.due` is never later than the first of
+-- them, so that `prune` has nothing to do before it. Every ZADD to holders, queue leases or
+-- reaped lowers it.
+local NEVER = 9007199254740992 -- 2^53 µs: nothing to prune until something is added
+
+local function lower_due(at)
+  if at < state.due then state.due = at end
+end
+
 -- Grants `tokens` now, or says when to ask again: {true, grant id} or {false, retry_at or -1,
 -- the limit that holds it}.
 local function try_take(tokens, lease_us)
-  if cfg.max_concurrent >= 0 and in_flight() >= cfg.max_concurrent then
-    return {false, -1, 'max_concurrent'}
+  local holding = -1 -- holders' count, if read
+  if cfg.max_concurrent >= 0 then
+    holding = in_flight()
+    if holding >= cfg.max_concurrent then return {false, -1, 'max_concurrent'} end
   end
-  local ready, by = now, nil
+  local ready, by, requests = now, nil, 0
   local function hold(at, name)
     if at > ready then ready, by = at, name end
   end
@@ -306,17 +415,25 @@ local function try_take(tokens, lease_us)
   hold(state.recovering_until, 'recovering')
   if cfg.rpm > 0 then
     hold(pacer_ready(), 'pacing')
-    hold(requests_ready(), 'rpm')
+    local at
+    at, requests = requests_ready()
+    hold(at, 'rpm')
   end
   if cfg.tpm > 0 and tokens > 0 then hold(tokens_ready(tokens), 'tpm') end
   if ready > now then return {false, ready, by} end
   local id = new_id()
   pacer_record()
   redis.call('ZADD', KEYS[K_HOLDERS], int(now + lease_us), id)
-  if cfg.rpm > 0 then redis.call('ZADD', KEYS[K_REQS], int(now), id) end
+  lower_due(now + lease_us)
+  if holding <= 0 then mark(K_HOLDERS) end
+  if cfg.rpm > 0 then
+    redis.call('ZADD', KEYS[K_REQS], int(now), id)
+    if requests == 0 then mark(K_REQS) end
+  end
   if cfg.tpm > 0 and tokens > 0 then
     redis.call('ZADD', KEYS[K_TOKS], int(now), id)
-    add_tokens(id, tokens)
+    mark(K_TOKS)
+    add_tokens(id, tokens, 0) -- a new id holds nothing yet
   end
   count('acquired')
   count('tokens_charged', tokens)
@@ -333,11 +450,19 @@ local function give_back(id, tokens)
   end
 end
 
--- Leases: holders and queued waiters of a process that stopped renewing them are dropped.
+local function lowest(k)
+  local first = redis.call('ZRANGE', KEYS[k], 0, 0, 'WITHSCORES')
+  return tonumber(first[2] or NEVER)
+end
+
+-- Leases: holders and queued waiters of a process that stopped renewing them are dropped,
+-- once one is due.
 local function prune()
+  if now < state.due then return end
   local dead = redis.call('ZRANGEBYSCORE', KEYS[K_HOLDERS], '-inf', int(now))
   for _, id in ipairs(dead) do
     redis.call('ZADD', KEYS[K_REAPED], int(now), id)
+    mark(K_REAPED)
   end
   if #dead > 0 then
     redis.call('ZREMRANGEBYSCORE', KEYS[K_HOLDERS], '-inf', int(now))
@@ -359,6 +484,8 @@ local function prune()
     redis.call('ZREMRANGEBYSCORE', KEYS[K_QLEASE], '-inf', int(now))
     count('cancelled', #lost)
   end
+  state.due = math.min(lowest(K_HOLDERS), lowest(K_QLEASE),
+    lowest(K_REAPED) + 2 * cfg.counted_us)
 end
 
 local handed_now = {}
@@ -367,10 +494,11 @@ local head_ticket = -1
 
 -- Serves the queue in order while the head can be granted; grants are kept for their
 -- waiters, who take them with `poll`. Notes the head's retry instant for the announcement.
+-- Returns whether the queue is empty.
 local function dispatch()
   while true do
     local head = redis.call('ZRANGE', KEYS[K_QUEUE], 0, 0)[1]
-    if not head then return end
+    if not head then return true end
     local info = redis.call('HGET', KEYS[K_QINFO], head)
     local tokens, since = string.match(info or '0 0', '^(%d+) (%d+)')
     tokens = tonumber(tokens)
@@ -379,12 +507,13 @@ local function dispatch()
     local r = try_take(tokens, lease_us)
     if not r[1] then
       head_ticket, head_retry = tonumber(head), r[2]
-      return
+      return false
     end
     redis.call('ZREM', KEYS[K_QUEUE], head)
     redis.call('HDEL', KEYS[K_QINFO], head)
     redis.call('HSET', KEYS[K_HANDED], head,
       int(r[2]) .. ' ' .. int(tokens) .. ' ' .. int(now) .. ' ' .. since)
+    mark(K_HANDED)
     handed_now[#handed_now + 1] = head
   end
 end
@@ -393,6 +522,7 @@ end
 -- and the head of the queue with the time it may be served (-1: at a release). Said only when
 -- it changed, so idle waiters hear nothing.
 local function announce()
+  if #handed_now == 0 and head_ticket < 0 and state.announced == NO_HEAD then return end
   local head = int(head_ticket) .. ';' .. int(head_retry)
   if #handed_now == 0 and head == state.announced then return end
   state.announced = head
@@ -411,21 +541,34 @@ local function take(ticket, lease_us)
   local gid, tokens, granted, since = string.match(handed, '^(%d+) (%d+) (%d+) (%d+)')
   if not redis.call('ZSCORE', KEYS[K_HOLDERS], gid) then return nil end
   redis.call('ZADD', KEYS[K_HOLDERS], 'XX', int(now + lease_us), gid)
+  lower_due(now + lease_us)
   count('total_wait_us', now - tonumber(since))
   return {'G', tonumber(gid), tonumber(tokens), now - tonumber(since), '', 0, granted}
 end
 
-local function touch_keys()
-  local ttl = math.max(2 * cfg.counted_us, 3 * tonumber(ARGV[9])) / 1000 + 60000
-  for i = 1, #KEYS do
-    redis.call('PEXPIRE', KEYS[i], int(ttl))
+-- Plans the keys' deadline (before `save_state`, which stores it); the keys to give it.
+local function keep_alive()
+  if expiry_stale(state.expires, cfg.counted_us) then
+    state.expires = deadline_ms(cfg.counted_us)
+    return KEYS
+  end
+  local keys = {}
+  for k in pairs(fresh) do keys[#keys + 1] = KEYS[k] end
+  return keys
+end
+
+local function expire(keys)
+  for _, key in ipairs(keys) do
+    redis.call('PEXPIREAT', key, int(state.expires))
   end
 end
 
+-- After the state is written: a new state hash exists only then.
 local function finish(reply)
   announce()
+  local keys = keep_alive()
   save_state()
-  touch_keys()
+  expire(keys)
   return reply
 end
 
@@ -448,16 +591,19 @@ local epoch_changed = (ARGV[11] ~= '' and ARGV[11] ~= state.epoch) and 1 or 0
 if op == 'stats' then
   expire_windows()
   prune()
+  local keys = keep_alive() -- a budget only ever read must expire too
   save_state()
-  touch_keys() -- a budget only ever read must expire too
-  local v = redis.call('HMGET', KEYS[K_STATE], 'acquired', 'tokens_charged', 'tokens_refunded',
-    'cancelled', 'reaped', 'total_wait_us', 'timeouts')
+  expire(keys)
+  local c = {}
+  for i, v in ipairs(redis.call('HMGET', KEYS[K_STATE], unpack(COUNTERS))) do
+    c[COUNTERS[i]] = num(v, 0)
+  end
   return {'S', in_flight(), redis.call('ZCARD', KEYS[K_QUEUE]),
     cfg.rpm > 0 and redis.call('ZCARD', KEYS[K_REQS]) or -1,
     cfg.tpm > 0 and state.tok_used or -1,
     math.max(state.paused_until, state.recovering_until, now) - now,
-    num(v[1], 0), num(v[2], 0), num(v[3], 0), num(v[4], 0), num(v[5], 0), num(v[6], 0),
-    num(v[7], 0), state.epoch, cfg.max_concurrent, cfg.rpm, cfg.tpm, cfg.window_us,
+    c.acquired, c.tokens_charged, c.tokens_refunded, c.cancelled, c.reaped, c.total_wait_us,
+    c.timeouts, state.epoch, cfg.max_concurrent, cfg.rpm, cfg.tpm, cfg.window_us,
     cfg.margin_us, cfg.burst, state.l_rpm, state.l_tpm, state.factor,
     state.discovering and 1 or 0, cfg.configured[1], cfg.configured[2], cfg.configured[3]}
 end
@@ -489,12 +635,12 @@ end
 
 expire_windows()
 prune()
-dispatch()
+local queue_empty = dispatch()
 
 if op == 'acquire' then
   -- ARGV 14: tokens, 15: lease_us, 16: "1" to queue when not granted at once
   local tokens, lease_us = tonumber(ARGV[14]), tonumber(ARGV[15])
-  local first = redis.call('ZCARD', KEYS[K_QUEUE]) == 0
+  local first = queue_empty
   local r = {false, -1, 'queue'}
   if first then
     r = try_take(tokens, lease_us)
@@ -511,6 +657,10 @@ if op == 'acquire' then
   redis.call('ZADD', KEYS[K_QUEUE], int(ticket), int(ticket))
   redis.call('HSET', KEYS[K_QINFO], int(ticket), int(tokens) .. ' ' .. int(now))
   redis.call('ZADD', KEYS[K_QLEASE], int(now + lease_us), int(ticket))
+  lower_due(now + lease_us)
+  mark(K_QUEUE)
+  mark(K_QINFO)
+  mark(K_QLEASE)
   if first then head_ticket, head_retry = ticket, r[2] end
   return finish({'Q', ticket, retry_in(ticket), state.epoch, epoch_changed})
 end
@@ -525,6 +675,7 @@ if op == 'poll' then
   end
   if redis.call('ZSCORE', KEYS[K_QUEUE], ticket) then
     redis.call('ZADD', KEYS[K_QLEASE], 'XX', int(now + lease_us), ticket)
+    lower_due(now + lease_us)
     return finish({'W', retry_in(ticket)})
   end
   return finish({'U'})
@@ -572,6 +723,7 @@ if op == 'settle' then
     elseif actual > charged then
       if not in_window then
         redis.call('ZADD', KEYS[K_TOKS], int(now), gid)
+        mark(K_TOKS)
       end
       add_tokens(gid, actual - charged)
       count('tokens_charged', actual - charged)
@@ -615,12 +767,14 @@ if op == 'renew' then
   -- Handed tickets are reported so that the process takes them (a lost announcement).
   local lease_us, n = tonumber(ARGV[14]), tonumber(ARGV[15])
   local lost, handed = {}, {}
+  lower_due(now + lease_us)
   for i = 16, 15 + n do
     local gid = ARGV[i]
     if redis.call('ZADD', KEYS[K_HOLDERS], 'XX', 'CH', int(now + lease_us), gid) == 0
         and not redis.call('ZSCORE', KEYS[K_HOLDERS], gid) then
       if epoch_changed == 1 and not redis.call('ZSCORE', KEYS[K_REAPED], gid) then
         redis.call('ZADD', KEYS[K_HOLDERS], int(now + lease_us), gid)
+        mark(K_HOLDERS)
       else
         lost[#lost + 1] = gid
       end
