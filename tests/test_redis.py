@@ -349,3 +349,31 @@ def test_an_announcement_reaches_every_limiter_object_of_a_budget(
     started = time.monotonic()
     promptly(lambda: waiter.acquire(timeout=20).release())
     assert time.monotonic() - started < 3
+
+
+def test_metrics_of_a_shared_budget_follow_it_without_waiting_for_redis(
+    redis_url: str, budget_name: str
+) -> None:
+    # Nobody calls stats(): each metrics reading starts a background refresh, whose figures the
+    # next reading reports. Another process's view holds the permit: ours must come to see it.
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from crewthrottle import metrics
+
+    ours = shared(redis_url, budget_name, max_concurrent=4, rpm=100, window=1.0)
+    other = shared(redis_url, budget_name, max_concurrent=4, rpm=100, window=1.0)
+    registry = CollectorRegistry()
+    metrics.register_prometheus(registry, limiters=[ours])
+    in_flight = f'crewthrottle_limiter_in_flight{{limiter="{budget_name}"}}'
+    try:
+        permit = other.acquire()
+        deadline = time.monotonic() + 15
+        while f"{in_flight} 1.0" not in generate_latest(registry).decode():
+            assert time.monotonic() < deadline, "the metrics never saw the other's permit"
+            time.sleep(0.02)
+        permit.release()
+        while f"{in_flight} 0.0" not in generate_latest(registry).decode():
+            assert time.monotonic() < deadline, "the metrics never saw the release"
+            time.sleep(0.02)
+    finally:
+        metrics.unregister_prometheus(registry)

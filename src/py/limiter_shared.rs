@@ -2,7 +2,7 @@
 //! read (`crewthrottle._native._limiter_snapshots()`): the gate, the configuration, the
 //! counts of the retry layer, and figures published for readers that must never wait.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use pyo3::prelude::*;
@@ -17,6 +17,7 @@ use crate::core::Published;
 use crate::core::{Change, Limits, Observation};
 use crate::core::{GateCounters, WaitFigures};
 use crate::core::{LimiterBudget, LimiterConfig, LimiterFigures};
+use crate::store::redis::queue::RedisQueue;
 use crate::store::redis::script::int;
 
 /// What the retry layer (`crewthrottle.backoff`) reports about calls through a limiter.
@@ -237,8 +238,20 @@ pub struct LimiterShared {
     pub config: LimiterConfig,
     pub name: Option<String>,
     retries: RetryCounts,
-    /// The latest figures a metrics reader computed, for readers that find the gate busy.
-    published: Published<WORDS>,
+    /// The latest figures a metrics reader computed, for readers that find the gate busy
+    /// (for a shared budget: of the latest `stats()` or background refresh).
+    published: Arc<Published<WORDS>>,
+    /// A shared budget's background refresh is in flight (at most one at a time).
+    refreshing: Arc<AtomicBool>,
+}
+
+/// Clears `refreshing` when a refresh ends, whether it ran or was dropped unrun.
+struct RefreshDone(Arc<AtomicBool>);
+
+impl Drop for RefreshDone {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 impl LimiterShared {
@@ -254,7 +267,8 @@ impl LimiterShared {
             config,
             name,
             retries: RetryCounts::default(),
-            published: Published::default(),
+            published: Arc::default(),
+            refreshing: Arc::default(),
         });
         let weak: Weak<dyn AfterFork> = Arc::downgrade(&shared) as Weak<dyn AfterFork>;
         // Detached: between `_before_fork` and the fork itself the registry is held, and the
@@ -301,8 +315,7 @@ impl LimiterShared {
             Engine::Memory(gate) => gate.inspect(Figures::read),
             Engine::Redis(queue, _) => {
                 let values = py.detach(|| queue.stats())?;
-                let mut figures = Figures::of_shared(&values);
-                queue.with_wait_times(|times, now| figures.waits.add_local_times(times, now));
+                let figures = shared_figures(&values, queue);
                 self.published.publish(&figures.to_words());
                 figures
             }
@@ -317,12 +330,15 @@ impl LimiterShared {
     }
 
     /// The figures without waiting for the gate's lock: fresh if it is free this instant,
-    /// else the latest published ones. A shared budget's are those of its latest `stats()`
-    /// (metrics never wait for Redis).
+    /// else the latest published ones. Metrics never wait for Redis: a shared budget's are
+    /// those of its latest `stats()` or of the refresh the previous reading started.
     fn figures_now(&self) -> Figures {
         let fresh = match &self.engine {
             Engine::Memory(gate) => gate.try_inspect(Figures::read),
-            Engine::Redis(..) => None,
+            Engine::Redis(queue, _) => {
+                self.refresh_later(queue);
+                None
+            }
         };
         match fresh {
             Some(figures) => {
@@ -336,6 +352,22 @@ impl LimiterShared {
                 (None, Engine::Redis(..)) => Figures::of_shared(&[]),
             },
         }
+    }
+
+    /// Starts a background `stats` of the shared budget unless one is in flight; its figures
+    /// are published for the next reader.
+    fn refresh_later(&self, queue: &Arc<RedisQueue>) {
+        if self.refreshing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let done = RefreshDone(Arc::clone(&self.refreshing));
+        let (published, weak) = (Arc::clone(&self.published), Arc::downgrade(queue));
+        queue.stats_later(move |values| {
+            let _done = done;
+            if let Some(queue) = weak.upgrade() {
+                published.publish(&shared_figures(&values, &queue).to_words());
+            }
+        });
     }
 
     fn dict<'py>(&self, py: Python<'py>, figures: &Figures) -> PyResult<Bound<'py, PyDict>> {
@@ -367,6 +399,8 @@ impl AfterFork for LimiterShared {
         match &self.engine {
             Engine::Memory(gate) => unsafe { gate.reset_in_child(survivors) },
             Engine::Redis(queue, fallback) => unsafe {
+                // A refresh in flight in the parent never ends in the child.
+                self.refreshing.store(false, Ordering::Release);
                 queue.reset_in_child(survivors);
                 if let Some(fallback) = fallback {
                     fallback.gate().reset_in_child(survivors);
@@ -378,6 +412,13 @@ impl AfterFork for LimiterShared {
     fn as_any(&self) -> &dyn std::any::Any {
         self
     }
+}
+
+/// A shared budget's figures from its `stats` reply, with this process's wait times.
+fn shared_figures(values: &[redis::Value], queue: &RedisQueue) -> Figures {
+    let mut figures = Figures::of_shared(values);
+    queue.with_wait_times(|times, now| figures.waits.add_local_times(times, now));
+    figures
 }
 
 /// One snapshot per live `Limiter` (present and future, while alive): `stats()` plus `name`,

@@ -602,6 +602,18 @@ impl RedisQueue {
         }
     }
 
+    /// The budget's figures, fetched in the background for readers that must never wait
+    /// (metrics): `then` runs on the runtime with them; on a failure it is dropped unrun (the
+    /// next refresh tries again).
+    pub fn stats_later(&self, then: impl FnOnce(Vec<redis::Value>) + Send + 'static) {
+        let Some(me) = self.me.upgrade() else { return };
+        runtime::spawn(async move {
+            if let Ok(Reply::Stats(values)) = me.call("stats", &[]).await {
+                then(values);
+            }
+        });
+    }
+
     /// This process's waiters and holders.
     pub fn local_counts(&self) -> (usize, usize) {
         let local = self.local();
