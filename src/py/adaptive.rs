@@ -8,8 +8,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBool, PyDict, PyInt};
 
 use super::args;
-use crate::core::LimiterBudget;
-use crate::core::{Change, Limits, Observation, Reason, Reported, FULL};
+use crate::core::{Change, LimiterBudget, Limits, Observation, Reason, Reported, FULL};
 
 /// `None` in a published word.
 const ABSENT: u64 = u64::MAX;

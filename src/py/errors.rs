@@ -4,8 +4,7 @@ use pyo3::create_exception;
 use pyo3::exceptions::{PyRuntimeError, PyTimeoutError, PyValueError};
 use pyo3::PyErr;
 
-use crate::core::OverRelease;
-use crate::core::{InvalidArgument, QueueError};
+use crate::core::{InvalidArgument, OverRelease, QueueError};
 
 create_exception!(
     crewthrottle,

@@ -15,10 +15,9 @@ use super::permit::Permit;
 use super::redis_backend::RedisBackend;
 use super::semaphore::qualified_name;
 use super::wait;
-use crate::core::Clock;
-use crate::core::PressureEvent;
-use crate::core::{Gate, PressureHook};
-use crate::core::{LimiterBudget, LimiterConfig, LimiterRequest};
+use crate::core::{
+    Clock, Gate, LimiterBudget, LimiterConfig, LimiterRequest, PressureEvent, PressureHook,
+};
 use crate::store::redis::RedisQueue;
 
 /// One limit shared by every thread and event loop of the process — or, with a backend, by

@@ -12,10 +12,9 @@ use std::time::Duration;
 use super::errors::{timeout_error, wrong_store, BackendUnavailable};
 use super::permit::Permit;
 use super::wait::{self, AsyncOutcome};
-use crate::core::Gate;
-use crate::core::WaitQueue;
-use crate::core::{nanos_of, Clock};
-use crate::core::{LimiterBudget, LimiterConfig, LimiterGrant, LimiterRequest};
+use crate::core::{
+    nanos_of, Clock, Gate, LimiterBudget, LimiterConfig, LimiterGrant, LimiterRequest, WaitQueue,
+};
 use crate::store::log;
 use crate::store::redis::{RedisGrant, RedisQueue};
 

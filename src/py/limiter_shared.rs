@@ -12,11 +12,10 @@ use super::adaptive::{self, AdaptiveFigures};
 use super::limiter_engine::Engine;
 use super::stats::WaitSummary;
 use crate::core::fork::{self, AfterFork, Survivors};
-use crate::core::Nanos;
-use crate::core::Published;
-use crate::core::{Change, Limits, Observation};
-use crate::core::{GateCounters, WaitFigures};
-use crate::core::{LimiterBudget, LimiterConfig, LimiterFigures};
+use crate::core::{
+    Change, GateCounters, LimiterBudget, LimiterConfig, LimiterFigures, Limits, Nanos, Observation,
+    Published, WaitFigures,
+};
 use crate::store::redis::queue::RedisQueue;
 use crate::store::redis::script::int;
 

@@ -10,8 +10,7 @@ use pyo3::prelude::*;
 
 use super::args;
 use super::wait;
-use crate::core::Gate;
-use crate::core::{LimiterBudget, LimiterGrant, MAX_COUNT};
+use crate::core::{Gate, LimiterBudget, LimiterGrant, MAX_COUNT};
 use crate::store::redis::{RedisGrant, RedisQueue};
 
 /// The most tokens a settle accepts: far beyond any real request, far from overflow.

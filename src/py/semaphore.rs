@@ -10,9 +10,7 @@ use super::args::{self, Given};
 use super::fork::new_gate;
 use super::stats::WaitSummary;
 use super::wait::{self, Flag};
-use crate::core::Clock;
-use crate::core::Gate;
-use crate::core::SemaphoreCount;
+use crate::core::{Clock, Gate, SemaphoreCount};
 
 /// A counting semaphore shared by threads and event loops; waiters are served in order.
 /// Takes every argument `threading.Semaphore` takes, with its meaning (the differences are

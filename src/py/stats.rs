@@ -3,9 +3,7 @@
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use crate::core::Nanos;
-use crate::core::{GateCounters, WaitFigures};
-use crate::core::{WaitTimes, CUMULATIVE_BOUNDS};
+use crate::core::{GateCounters, Nanos, WaitFigures, WaitTimes, CUMULATIVE_BOUNDS};
 
 /// `None` in a published word.
 const ABSENT: u64 = u64::MAX;

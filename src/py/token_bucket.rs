@@ -11,9 +11,7 @@ use super::fork::new_gate;
 use super::semaphore::qualified_name;
 use super::stats::WaitSummary;
 use super::wait::{self, Flag};
-use crate::core::Clock;
-use crate::core::Gate;
-use crate::core::{BucketConfig, TokenBucketBudget};
+use crate::core::{BucketConfig, Clock, Gate, TokenBucketBudget};
 
 /// `rate` tokens every `per` seconds, at most `burst` at once; waiters served in order.
 ///

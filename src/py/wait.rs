@@ -13,10 +13,9 @@ use pyo3::types::PyTuple;
 
 use super::errors::lost_ticket;
 use super::take_once::TakeOnce;
-use crate::core::QueueError;
-use crate::core::WaitQueue;
-use crate::core::{Abandon, Acquired, Polled, Ticket};
-use crate::core::{Context, Delivery, Notifier, Notify};
+use crate::core::{
+    Abandon, Acquired, Context, Delivery, Notifier, Notify, Polled, QueueError, Ticket, WaitQueue,
+};
 
 /// How often a waiter on the main thread looks for signals (Ctrl-C).
 const SIGNAL_SLICE: Duration = Duration::from_millis(50);

@@ -18,14 +18,11 @@ use tokio::sync::Notify;
 use super::hub::{Hub, Listener};
 use super::script::{Announcement, Budget, Epoch, Reply};
 use crate::core::fork::{AfterFork, ForkableGuard, ForkableMutex, Survivors};
-use crate::core::QueueError;
-use crate::core::WaitQueue;
-use crate::core::WaitTimes;
-use crate::core::{validate_request, LimiterConfig, LimiterRequest};
-use crate::core::{Abandon, Acquired, Polled, Ticket};
-use crate::core::{Adaptive, Change, Counted, Observation};
-use crate::core::{Clock, Nanos};
-use crate::core::{Context, Delivery, Notifier};
+use crate::core::{
+    validate_request, Abandon, Acquired, Adaptive, Change, Clock, Context, Counted, Delivery,
+    LimiterConfig, LimiterRequest, Nanos, Notifier, Observation, Polled, QueueError, Ticket,
+    WaitQueue, WaitTimes,
+};
 use crate::store::runtime;
 
 /// How a process reaches a shared budget.
