@@ -299,7 +299,8 @@ def waiter(
     link: Link, *, url: str, name: str, limits: dict[str, Any], backend: dict[str, Any]
 ) -> None:
     """Obeys the test: ``("acquire", label, "thread"|"task", tokens, hold or None)``,
-    ``("release", label)``, ``("settle", label, tokens)``, ``("stats",)``, ``("exit",)``.
+    ``("release", label)``, ``("settle", label, tokens)``, ``("stats",)``, ``("said",)``,
+    ``("exit",)``.
     Says ``("granted", label, server_time, monotonic)`` when a permit comes."""
     caught = Warnings()
     limiter = shared(url, name, limits, **backend)
@@ -318,6 +319,10 @@ def waiter(
         elif command == "stats":
             # One round trip after the commands above: fired in order from this thread.
             link.send("stats", dict(limiter.stats()), list(caught.messages))
+        elif command == "said":
+            # What the limiter has logged so far: warnings about replies (a refused release)
+            # are logged when the reply comes back, after the caller moved on.
+            link.send("said", list(caught.messages))
         elif command == "exit":
             return
 
