@@ -257,6 +257,32 @@ def test_once_recovered_from_a_429_the_configured_limits_show_alone(
     assert budgets_json(redis_url)[budget_name]["in_force"] is None
 
 
+def test_an_adaptive_budget_shows_its_cautious_start_then_what_the_headers_said(
+    redis_url: str, budget_name: str
+) -> None:
+    a = shared(redis_url, budget_name, adaptive=True, window=60.0)
+    assert until_reason(a, "conservative") == (1, 60, None)
+    forced = budgets_json(redis_url)[budget_name]["in_force"]
+    assert (forced["max_concurrent"], forced["rpm"], forced["reason"]) == (1, 60, "conservative")
+    assert (
+        "(in force: 1 concurrent, 60 req, conservative)"
+        in plain_rows(redis_url)[budget_name]["LIMITS"]
+    )
+    a.observe(
+        {
+            "x-ratelimit-limit-requests": "500",
+            "x-ratelimit-remaining-requests": "499",
+            "x-ratelimit-limit-tokens": "200000",
+            "x-ratelimit-remaining-tokens": "199900",
+        }
+    )
+    # Read by status alone (which computes nothing): what the call that learned them recorded.
+    deadline = time.monotonic() + 15
+    while (forced := budgets_json(redis_url)[budget_name]["in_force"])["reason"] != "headers":
+        assert time.monotonic() < deadline, forced
+    assert (forced["max_concurrent"], forced["rpm"], forced["tpm"]) == (None, 500, 200_000)
+
+
 def until_reason(lim: ct.Limiter, reason: str) -> tuple[Any, ...]:
     """The limits in force once the budget says why they are lower (a change is sent without
     waiting, so it may take a round trip to land); fails after 15 s."""

@@ -270,11 +270,15 @@ local function apply_learning()
       state.f_step = state.f_step + steps * step_us()
     end
   end
-  -- Nothing learned nor lowered (the common case): the configured rates stand as they are
-  -- (>= 1 or -1: none), without in_force's arithmetic.
+  -- From the configured limits each time (`learn` and `rate_limited` apply it twice). Nothing
+  -- learned nor lowered (the common case): they stand as they are (>= 1 or -1: none), without
+  -- in_force's arithmetic.
+  cfg.max_concurrent = cfg.configured[1]
   if state.factor < FULL or state.l_rpm > 0 or state.l_tpm > 0 then
     cfg.rpm = in_force(cfg.configured[2], state.l_rpm)
     cfg.tpm = in_force(cfg.configured[3], state.l_tpm)
+  else
+    cfg.rpm, cfg.tpm = cfg.configured[2], cfg.configured[3]
   end
   if cfg.adaptive and state.discovering then
     if cfg.max_concurrent <= 0 or cfg.max_concurrent > 1 then cfg.max_concurrent = 1 end
