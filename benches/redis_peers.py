@@ -40,6 +40,7 @@ class RedisContender:
     make_sync: Callable[[str, str], SyncAcquire]  # (url, budget) -> acquire
     make_async: Callable[[str, str], Awaitable[AsyncAcquire]] | None = None
     burst_one: bool = True
+    window: float = 1.0  # seconds its paced limit counts in (RATE per second in every case)
 
 
 # --- ours ----------------------------------------------------------------------------------
@@ -72,7 +73,8 @@ def _ours(key: str, name: str, limits: dict[str, Any]) -> RedisContender:
     config = ", ".join(
         f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in limits.items()
     )
-    return RedisContender(key, name, config, True, make_sync, make_async)
+    window = float(limits.get("window", 60.0))
+    return RedisContender(key, name, config, True, make_sync, make_async, window=window)
 
 
 # --- peers ---------------------------------------------------------------------------------
@@ -184,6 +186,12 @@ def contenders(regime: str) -> list[RedisContender]:
     return [
         _ours("ours-paced", "crewthrottle.Limiter", {**paced, "margin": 0.0}),
         _ours("ours-paced-margin", "crewthrottle.Limiter", paced),  # default margin (50 ms)
+        # The same 50/s as users configure it (per minute), with the default margin (0.3 s).
+        _ours(
+            "ours-paced-60",
+            "crewthrottle.Limiter",
+            {"rpm": RATE * 60, "window": 60.0, "burst": 1},
+        ),
         _limits("limits-paced", RATE),
         _pyrate("pyrate-paced", 1, 1000 // RATE),
     ]

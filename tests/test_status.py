@@ -205,3 +205,89 @@ def test_the_status_command_reads_the_same_budget_a_limiter_uses(
         assert budgets_json(redis_url)[budget_name]["holders"][0][0] == int(holders[0])
     finally:
         permit.release()
+
+
+def test_a_budget_lowered_by_a_429_shows_the_limits_in_force(
+    redis_url: str, budget_name: str
+) -> None:
+    # The script records the limits in force when they change; status shows them beside the
+    # configured ones. A 60 s window: steps of 6 s, so the x0.7 holds while this runs.
+    lim = shared(redis_url, budget_name, rpm=500, tpm=50_000, window=60.0, burst=1)
+    lim.observe({}, status=429)
+    assert until_reason(lim, "429") == (None, 350, 35_000)
+    b = budgets_json(redis_url)[budget_name]
+    assert (b["rpm"], b["tpm"]) == (500, 50_000)
+    forced = b["in_force"]
+    assert (forced["rpm"], forced["tpm"], forced["max_concurrent"]) == (350, 35_000, None)
+    assert forced["reason"] == "429" and 0 <= forced["changed_ago"] < 60
+    row = plain_rows(redis_url)[budget_name]
+    in_force = "(in force: 350 req, 35000 tok, 429)"
+    assert row["LIMITS"] == f"500 req, 50000 tok per 60 s (+0.3 s margin) {in_force}"
+
+
+def test_a_budget_that_learned_headers_shows_them_and_a_configured_one_shows_none(
+    redis_url: str, budget_name: str
+) -> None:
+    learned = shared(redis_url, budget_name, rpm=100, window=2.0)
+    plain = shared(redis_url, budget_name + "/plain", rpm=100, window=2.0)
+    plain.stats()  # made with its configured limits
+    learned.observe({"x-ratelimit-limit-requests": "30", "x-ratelimit-remaining-requests": "29"})
+    assert until_reason(learned, "headers") == (None, 30, None)
+    found = budgets_json(redis_url)
+    forced = found[budget_name]["in_force"]
+    assert (forced["rpm"], forced["tpm"], forced["reason"]) == (30, None, "headers")
+    assert found[budget_name + "/plain"]["in_force"] is None
+    rows = plain_rows(redis_url)
+    configured = rows[budget_name + "/plain"]["LIMITS"]
+    assert configured.startswith("100 req per 2 s")
+    assert rows[budget_name]["LIMITS"] == f"{configured} (in force: 30 req, headers)"
+    assert "in force" not in configured
+
+
+def test_once_recovered_from_a_429_the_configured_limits_show_alone(
+    redis_url: str, budget_name: str
+) -> None:
+    # A 1 s window: steps of 0.1 s, each adding back 5%: recovered 0.6 s after the 429, as
+    # the first call after that computes (stats() is one).
+    lim = shared(redis_url, budget_name, rpm=100, window=1.0)
+    lim.observe({}, status=429)
+    assert until_reason(lim, "429")[1] < 100
+    assert budgets_json(redis_url)[budget_name]["in_force"]["reason"] == "429"
+    assert until_reason(lim, "configured") == (None, 100, None)
+    assert budgets_json(redis_url)[budget_name]["in_force"] is None
+
+
+def test_an_adaptive_budget_shows_its_cautious_start_then_what_the_headers_said(
+    redis_url: str, budget_name: str
+) -> None:
+    a = shared(redis_url, budget_name, adaptive=True, window=60.0)
+    assert until_reason(a, "conservative") == (1, 60, None)
+    forced = budgets_json(redis_url)[budget_name]["in_force"]
+    assert (forced["max_concurrent"], forced["rpm"], forced["reason"]) == (1, 60, "conservative")
+    assert (
+        "(in force: 1 concurrent, 60 req, conservative)"
+        in plain_rows(redis_url)[budget_name]["LIMITS"]
+    )
+    a.observe(
+        {
+            "x-ratelimit-limit-requests": "500",
+            "x-ratelimit-remaining-requests": "499",
+            "x-ratelimit-limit-tokens": "200000",
+            "x-ratelimit-remaining-tokens": "199900",
+        }
+    )
+    # Read by status alone (which computes nothing): what the call that learned them recorded.
+    deadline = time.monotonic() + 15
+    while (forced := budgets_json(redis_url)[budget_name]["in_force"])["reason"] != "headers":
+        assert time.monotonic() < deadline, forced
+    assert (forced["max_concurrent"], forced["rpm"], forced["tpm"]) == (None, 500, 200_000)
+
+
+def until_reason(lim: ct.Limiter, reason: str) -> tuple[Any, ...]:
+    """The limits in force once the budget says why they are lower (a change is sent without
+    waiting, so it may take a round trip to land); fails after 15 s."""
+    deadline = time.monotonic() + 15
+    while (s := lim.stats())["limits_reason"] != reason:
+        assert time.monotonic() < deadline, s["limits_reason"]
+        time.sleep(0.02)
+    return (s["effective_max_concurrent"], s["effective_rpm"], s["effective_tpm"])

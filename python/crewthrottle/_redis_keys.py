@@ -7,7 +7,10 @@ other Python module reads Redis keys through this one.
 What each key holds (times are µs of the Redis server's clock):
 
 - ``config``: hash of the budget's limits (``CONFIG_FIELDS``; -1: no such limit).
-- ``state``: hash of the pacing, pause, ids and counters (``STATE_FIELDS``, ``COUNTERS``).
+- ``state``: hash of the pacing, pause, ids and counters (``STATE_FIELDS``, ``COUNTERS``);
+  ``limits``: the limits in force when lower than the configured ones, "max_concurrent rpm
+  tpm reason" (-1: none; empty: the configured ones), as the latest call computed them;
+  ``limits_at``: when they last changed.
 - ``requests`` / ``tokens``: sorted sets of grant ids scored by when they started; an entry
   counts in the window while its score is above ``now - (window_us + margin_us)``.
 - ``amounts``: hash of grant id -> tokens charged in the tokens window.
@@ -34,7 +37,7 @@ SUFFIXES = (
 )
 CHANNEL = "events"
 CONFIG_FIELDS = ("digest", "max_concurrent", "rpm", "tpm", "window_us", "margin_us", "burst")
-STATE_FIELDS = ("paused_until", "recovering_until", "epoch")
+STATE_FIELDS = ("paused_until", "recovering_until", "epoch", "limits", "limits_at")
 COUNTERS = ("acquired", "timeouts", "cancelled", "reaped", "total_wait_us")
 
 _GLOB_SPECIALS = "\\*?[]"

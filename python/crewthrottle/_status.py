@@ -29,6 +29,19 @@ HOLDERS_SHOWN = 3
 
 
 @dataclass(frozen=True)
+class InForce:
+    """Limits lower than the configured ones that a shared budget put in force (issue 8; None:
+    no limit of that kind), as its script's latest call computed them: the recovery after a
+    429 advances only when a call comes."""
+
+    max_concurrent: int | None
+    rpm: int | None
+    tpm: int | None
+    reason: str  # as stats()["limits_reason"]: "429", "conservative" or "headers"
+    changed_ago: float | None  # seconds since they last changed (server clock)
+
+
+@dataclass(frozen=True)
 class Budget:
     """One shared budget's live figures (seconds; None: no such limit)."""
 
@@ -49,6 +62,7 @@ class Budget:
     acquired: int
     timeouts: int
     expires_in: float | None  # when its keys vanish if nothing touches it (PTTL)
+    in_force: InForce | None  # None: the configured limits are in force
 
 
 def parse(argv: Sequence[str]) -> argparse.Namespace:
@@ -128,7 +142,19 @@ def _read_one(client: Redis, prefix: str, name: str) -> Budget | None:
         acquired=_int(state, "acquired", 0),
         timeouts=_int(state, "timeouts", 0),
         expires_in=pttl / 1e3 if pttl >= 0 else None,
+        in_force=_in_force(state, now),
     )
+
+
+def _in_force(state: dict[str, str], now: int) -> InForce | None:
+    """What the script recorded in ``limits`` ("max_concurrent rpm tpm reason", -1: no such
+    limit; empty: the configured ones) and when (``limits_at``)."""
+    words = state.get("limits", "").split(" ", 3)
+    if len(words) != 4:
+        return None
+    mc, rpm, tpm = (_as_limit(_int_or(w, -1)) for w in words[:3])
+    at = _int(state, "limits_at", -1)
+    return InForce(mc, rpm, tpm, words[3], (now - at) / 1e6 if at >= 0 else None)
 
 
 Head = tuple[int, dict[str, str], dict[str, str], int]  # now (µs), config, state, PTTL (ms)
@@ -189,7 +215,10 @@ def _int(fields: dict[str, str], name: str, default: int) -> int:
 
 
 def _limit(fields: dict[str, str], name: str) -> int | None:
-    value = _int(fields, name, -1)
+    return _as_limit(_int(fields, name, -1))
+
+
+def _as_limit(value: int) -> int | None:
     return None if value < 0 else value
 
 
@@ -203,15 +232,21 @@ def _seconds(value: float) -> str:
     return f"{value:.1f} s"
 
 
+def _parts(max_concurrent: int | None, rpm: int | None, tpm: int | None) -> str:
+    parts = [f"{max_concurrent} concurrent"] if max_concurrent is not None else []
+    parts += [f"{rpm} req"] if rpm is not None else []
+    parts += [f"{tpm} tok"] if tpm is not None else []
+    return ", ".join(parts) or "none"
+
+
 def _limits_text(b: Budget) -> str:
-    parts = [f"{b.max_concurrent} concurrent"] if b.max_concurrent is not None else []
-    parts += [f"{b.rpm} req"] if b.rpm is not None else []
-    parts += [f"{b.tpm} tok"] if b.tpm is not None else []
-    text = ", ".join(parts) or "none"
+    text = _parts(b.max_concurrent, b.rpm, b.tpm)
     if b.rpm is not None or b.tpm is not None:
         text += f" per {b.window:g} s"
         text += f" (+{b.margin:g} s margin)" if b.margin else ""
         text += f", burst {b.burst}" if b.burst > 1 else ""
+    if f := b.in_force:
+        text += f" (in force: {_parts(f.max_concurrent, f.rpm, f.tpm)}, {f.reason})"
     return text
 
 

@@ -55,13 +55,12 @@ end
 local digest = redis.call('HGET', KEYS[K_CONFIG], 'digest')
 
 -- The state hash: pacing, pause, ids, learning, the queue's last announcement, `due` (see
--- `prune`), `expires` (see `keep_alive`), and the two counters every grant moves (the other
--- counters `stats` reports move on rare events, by HINCRBY: see `count`).
+-- `prune`), `expires` (see `keep_alive`), the limits in force (see `record_limits`), and the
+-- two counters every grant moves (the other counters `stats` reports move on rare events, by
+-- HINCRBY: see `count`). Only `rate_limited` needs `f_event`: it reads it itself.
 local STATE_FIELDS = {'tat', 'paused_until', 'recovering_until', 'next_id', 'tok_used', 'epoch',
-  'announced', 'l_rpm', 'l_tpm', 'factor', 'f_step', 'f_event', 'discovering', 'due', 'expires',
+  'announced', 'l_rpm', 'l_tpm', 'factor', 'f_step', 'limits', 'discovering', 'due', 'expires',
   'acquired', 'tokens_charged'}
-local COUNTERS = {'acquired', 'tokens_charged', 'tokens_refunded', 'cancelled', 'reaped',
-  'total_wait_us', 'timeouts'}
 
 -- The state as read, in the order of STATE_FIELDS (false: absent).
 local stored
@@ -107,22 +106,74 @@ end
 
 read_state()
 
--- The budget's configuration, as stored (the stored limits win; see `check_config`).
-local cfg = {}
-
--- The caller's limits (ARGV 3-8, 13), which are the stored ones (`check_config`).
-local function load_config()
-  cfg.max_concurrent = tonumber(ARGV[3])
-  cfg.rpm = tonumber(ARGV[4])
-  cfg.tpm = tonumber(ARGV[5])
-  cfg.window_us = tonumber(ARGV[6])
-  cfg.margin_us = tonumber(ARGV[7])
-  cfg.burst = tonumber(ARGV[8])
-  cfg.adaptive = ARGV[13] == '1'
-  cfg.counted_us = cfg.window_us + cfg.margin_us
-  -- As configured; the limits in force (`apply_learning`) may be lower.
-  cfg.configured = {cfg.max_concurrent, cfg.rpm, cfg.tpm}
+-- Keys this call may have created (a written key that was empty, hence absent): they get the
+-- budget's deadline in `finish` (see `keep_alive`), so that every key expires when idle.
+local fresh = {}
+local function mark(k)
+  fresh[k] = true
 end
+
+-- The caller's limits (ARGV 3-8, 13) against the stored ones: a budget met for the first time
+-- takes the caller's; one that may have been lost starts conservatively (`recovering_until`);
+-- different limits that do not replace the stored ones are a conflict. Rare (the digest is
+-- the caller's at every other call), so its helpers are defined here, only when needed.
+if digest ~= ARGV[2] then
+  local function store_config(epoch)
+    mark(K_CONFIG)
+    mark(K_STATE)
+    redis.call('HSET', KEYS[K_CONFIG], 'digest', ARGV[2], 'max_concurrent', ARGV[3],
+      'rpm', ARGV[4], 'tpm', ARGV[5], 'window_us', ARGV[6], 'margin_us', ARGV[7],
+      'burst', ARGV[8], 'adaptive', ARGV[13])
+    if epoch then redis.call('HSET', KEYS[K_STATE], 'epoch', epoch) end
+    -- Learning starts over with these limits: an adaptive budget missing a rate limit starts
+    -- conservatively (issue 8).
+    local discovering = ARGV[13] == '1' and (tonumber(ARGV[4]) <= 0 or tonumber(ARGV[5]) <= 0)
+    redis.call('HSET', KEYS[K_STATE], 'l_rpm', -1, 'l_tpm', -1, 'factor', 1000,
+      'discovering', discovering and 1 or 0, 'limits', '', 'limits_at', int(now))
+  end
+
+  -- When a budget the server does not know may have been lost, so that its last window may
+  -- have been full: no rate grant before this instant (0: none).
+  local function recovering_until()
+    local counted = tonumber(ARGV[6]) + tonumber(ARGV[7])
+    -- The caller knew the budget: its state was lost (a flush, an eviction, a restart).
+    if ARGV[11] ~= '' then return now + counted end
+    -- A server that started less than a window ago cannot tell a new budget from one it lost
+    -- in its restart, whoever asks first: count from its start, taken at its latest. Uptime
+    -- is the difference of two whole-second clocks, so it reads 1 as early as a few ms after
+    -- a start that straddled a second: the server may be up to 1 s younger than it says.
+    local info = redis.call('INFO', 'server')
+    local uptime = tonumber(string.match(info, 'uptime_in_seconds:(%d+)') or '')
+    if uptime then
+      local youngest = math.max(uptime - 1, 0) * 1000000
+      if youngest < counted then return now - youngest + counted end
+    end
+    return 0
+  end
+
+  if not digest then
+    store_config(int(now))
+    local until_ = recovering_until()
+    if until_ > now then
+      redis.call('HSET', KEYS[K_STATE], 'recovering_until', int(until_))
+    end
+  elseif ARGV[10] == '1' then
+    store_config(nil)
+  else
+    local v = redis.call('HMGET', KEYS[K_CONFIG], 'digest', 'max_concurrent', 'rpm', 'tpm',
+      'window_us', 'margin_us', 'burst', 'adaptive')
+    return {'CONFLICT', v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8] or '0'}
+  end
+  read_state() -- as `store_config` reset it
+end
+
+-- The budget's configuration: the caller's limits, which are now the stored ones. The limits
+-- in force (`apply_learning`) may be lower than those configured.
+local cfg = {max_concurrent = tonumber(ARGV[3]), rpm = tonumber(ARGV[4]),
+  tpm = tonumber(ARGV[5]), window_us = tonumber(ARGV[6]), margin_us = tonumber(ARGV[7]),
+  burst = tonumber(ARGV[8]), adaptive = ARGV[13] == '1'}
+cfg.counted_us = cfg.window_us + cfg.margin_us
+cfg.configured = {cfg.max_concurrent, cfg.rpm, cfg.tpm}
 
 -- Pacing for the rpm in force.
 local function pace()
@@ -135,71 +186,6 @@ local function pace()
   end
 end
 
--- Keys this call may have created (a written key that was empty, hence absent): they get the
--- budget's deadline in `finish` (see `keep_alive`), so that every key expires when idle.
-local fresh = {}
-local function mark(k)
-  fresh[k] = true
-end
-
-local function store_config(epoch)
-  mark(K_CONFIG)
-  mark(K_STATE)
-  redis.call('HSET', KEYS[K_CONFIG], 'digest', ARGV[2], 'max_concurrent', ARGV[3], 'rpm', ARGV[4],
-    'tpm', ARGV[5], 'window_us', ARGV[6], 'margin_us', ARGV[7], 'burst', ARGV[8],
-    'adaptive', ARGV[13])
-  if epoch then redis.call('HSET', KEYS[K_STATE], 'epoch', epoch) end
-  -- Learning starts over with these limits: an adaptive budget missing a rate limit starts
-  -- conservatively (issue 8).
-  local discovering = ARGV[13] == '1' and (tonumber(ARGV[4]) <= 0 or tonumber(ARGV[5]) <= 0)
-  redis.call('HSET', KEYS[K_STATE], 'l_rpm', -1, 'l_tpm', -1, 'factor', 1000,
-    'discovering', discovering and 1 or 0)
-end
-
--- When a budget the server does not know may have been lost, so that its last window may
--- have been full: no rate grant before this instant (0: none).
-local function recovering_until()
-  local counted = tonumber(ARGV[6]) + tonumber(ARGV[7])
-  -- The caller knew the budget: its state was lost (a flush, an eviction, a restart).
-  if ARGV[11] ~= '' then return now + counted end
-  -- A server that started less than a window ago cannot tell a new budget from one it lost
-  -- in its restart, whoever asks first: count from its start, taken at its latest. Uptime is
-  -- the difference of two whole-second clocks, so it reads 1 as early as a few ms after a
-  -- start that straddled a second: the server may be up to 1 s younger than it says.
-  local info = redis.call('INFO', 'server')
-  local uptime = tonumber(string.match(info, 'uptime_in_seconds:(%d+)') or '')
-  if uptime then
-    local youngest = math.max(uptime - 1, 0) * 1000000
-    if youngest < counted then return now - youngest + counted end
-  end
-  return 0
-end
-
--- Checks the caller's limits against the stored ones. A budget met for the first time takes
--- the caller's; one that may have been lost starts conservatively (`recovering_until`).
--- Returns false when they differ and do not replace them.
-local function check_config()
-  if digest == ARGV[2] then
-    load_config()
-    return true
-  end
-  if not digest then
-    local epoch = int(now)
-    store_config(epoch)
-    local until_ = recovering_until()
-    if until_ > now then
-      redis.call('HSET', KEYS[K_STATE], 'recovering_until', int(until_))
-    end
-  elseif ARGV[10] == '1' then
-    store_config(nil)
-  else
-    return false
-  end
-  load_config()
-  read_state() -- as `store_config` reset it
-  return true
-end
-
 -- The state, decoded. Assignments to it are noted, so that `save_state` writes only the fields
 -- that changed.
 local values, changed = {}, {}
@@ -210,25 +196,26 @@ local state = setmetatable({}, {__index = values, __newindex = function(_, name,
   end
 end})
 
-local function load_state()
+-- Decoded inline: a call per field would cost ~0.15 µs each.
+do
   local v, s = values, stored
-  v.tat = num(s[1], nil)
-  v.paused_until = num(s[2], 0)
-  v.recovering_until = num(s[3], 0)
-  v.next_id = num(s[4], 1)
-  v.tok_used = num(s[5], 0)
+  v.tat = tonumber(s[1])
+  v.paused_until = tonumber(s[2]) or 0
+  v.recovering_until = tonumber(s[3]) or 0
+  v.next_id = tonumber(s[4]) or 1
+  v.tok_used = tonumber(s[5]) or 0
   v.epoch = s[6] or ''
   v.announced = s[7] or ''
-  v.l_rpm = num(s[8], -1)
-  v.l_tpm = num(s[9], -1)
-  v.factor = num(s[10], 1000)
-  v.f_step = num(s[11], 0)
-  v.f_event = num(s[12], nil)
+  v.l_rpm = tonumber(s[8]) or -1
+  v.l_tpm = tonumber(s[9]) or -1
+  v.factor = tonumber(s[10]) or 1000
+  v.f_step = tonumber(s[11]) or 0
+  v.limits = s[12] or ''
   v.discovering = s[13] == '1'
-  v.due = num(s[14], 0) -- unknown: prune at once
-  v.expires = num(s[15], nil)
-  v.acquired = num(s[16], 0)
-  v.tokens_charged = num(s[17], 0)
+  v.due = tonumber(s[14]) or 0 -- unknown: prune at once
+  v.expires = tonumber(s[15])
+  v.acquired = tonumber(s[16]) or 0
+  v.tokens_charged = tonumber(s[17]) or 0
 end
 
 -- What the processes of the budget learned from the provider (issue 8), shared: the limits
@@ -241,16 +228,6 @@ local function step_us()
   return math.max(math.floor(cfg.window_us / 10), 1)
 end
 
--- The additive increase that time without a 429 earned.
-local function recover()
-  if state.factor >= FULL then return end
-  local steps = math.floor((now - state.f_step) / step_us())
-  if steps > 0 then
-    state.factor = math.min(FULL, state.factor + STEP * steps)
-    state.f_step = state.f_step + steps * step_us()
-  end
-end
-
 local function in_force(configured, learned)
   local limit = configured
   if learned > 0 and (limit <= 0 or learned < limit) then limit = learned end
@@ -258,17 +235,58 @@ local function in_force(configured, learned)
   return math.max(math.floor(limit * state.factor / FULL), 1)
 end
 
+-- Records the limits in force and why, for `status` (python/crewthrottle/_status.py), which
+-- reads the state hash: "max_concurrent rpm tpm reason" (-1: no limit), with the reasons and
+-- their precedence of src/py/adaptive.rs, and `limits_at`, when they last changed; '' when
+-- they are the configured ones. Written only when they change (`save_state`): since the AIMD
+-- recovery is computed at each call (`apply_learning`), this is what the latest call computed.
+local function record_limits()
+  local reason = ''
+  if state.factor < FULL then
+    reason = '429'
+  elseif cfg.adaptive and state.discovering then
+    reason = 'conservative'
+  elseif cfg.max_concurrent ~= cfg.configured[1] or cfg.rpm ~= cfg.configured[2]
+      or cfg.tpm ~= cfg.configured[3] then
+    reason = 'headers'
+  end
+  local limits = ''
+  if reason ~= '' then
+    limits = int(cfg.max_concurrent) .. ' ' .. int(cfg.rpm) .. ' ' .. int(cfg.tpm) .. ' ' .. reason
+  end
+  if limits ~= state.limits then
+    state.limits = limits
+    state.limits_at = now
+  end
+end
+
 -- Puts the limits in force: learned, lowered, or cautious (one at a time, one a second).
 local function apply_learning()
-  recover()
-  cfg.rpm = in_force(cfg.configured[2], state.l_rpm)
-  cfg.tpm = in_force(cfg.configured[3], state.l_tpm)
+  if state.factor < FULL then
+    -- The additive increase that time without a 429 earned.
+    local steps = math.floor((now - state.f_step) / step_us())
+    if steps > 0 then
+      state.factor = math.min(FULL, state.factor + STEP * steps)
+      state.f_step = state.f_step + steps * step_us()
+    end
+  end
+  -- From the configured limits each time (`learn` and `rate_limited` apply it twice). Nothing
+  -- learned nor lowered (the common case): they stand as they are (>= 1 or -1: none), without
+  -- in_force's arithmetic.
+  cfg.max_concurrent = cfg.configured[1]
+  if state.factor < FULL or state.l_rpm > 0 or state.l_tpm > 0 then
+    cfg.rpm = in_force(cfg.configured[2], state.l_rpm)
+    cfg.tpm = in_force(cfg.configured[3], state.l_tpm)
+  else
+    cfg.rpm, cfg.tpm = cfg.configured[2], cfg.configured[3]
+  end
   if cfg.adaptive and state.discovering then
     if cfg.max_concurrent <= 0 or cfg.max_concurrent > 1 then cfg.max_concurrent = 1 end
     local one_a_second = math.max(math.ceil(cfg.window_us / 1000000), 1)
     if cfg.rpm <= 0 or cfg.rpm > one_a_second then cfg.rpm = one_a_second end
   end
   pace()
+  record_limits()
 end
 
 local function count(name, by)
@@ -356,16 +374,6 @@ local function add_tokens(id, amount, held)
   state.tok_used = state.tok_used + added
 end
 
--- Takes back up to `amount` tokens from entry `id`; what it took.
-local function refund_tokens(id, amount)
-  local held = num(redis.call('HGET', KEYS[K_AMOUNTS], id), nil)
-  if not held then return 0 end
-  local taken = math.min(amount, held)
-  redis.call('HSET', KEYS[K_AMOUNTS], id, int(held - taken))
-  state.tok_used = state.tok_used - taken
-  return taken
-end
-
 -- Pacing (GCRA), as src/core/pacer.rs -------------------------------------------------------
 
 local function pacer_ready()
@@ -380,15 +388,7 @@ local function pacer_record()
   state.tat = start + cfg.interval_us
 end
 
-local function pacer_refund()
-  if cfg.rpm > 0 and state.tat then state.tat = state.tat - cfg.interval_us end
-end
-
 -- Grants -------------------------------------------------------------------------------------
-
-local function in_flight()
-  return redis.call('ZCARD', KEYS[K_HOLDERS])
-end
 
 -- Leases (and reaped grants' records) fall due: `state.due` is never later than the first of
 -- them, so that `prune` has nothing to do before it. Every ZADD to holders, queue leases or
@@ -399,27 +399,32 @@ local function lower_due(at)
   if at < state.due then state.due = at end
 end
 
+-- The later of a hold (`ready`, by the limit `by`) and the hold of limit `name` until `at`.
+-- (A function of its arguments only: a closure over try_take's locals would be created at
+-- each call.)
+local function later(ready, by, at, name)
+  if at > ready then return at, name end
+  return ready, by
+end
+
 -- Grants `tokens` now, or says when to ask again: {true, grant id} or {false, retry_at or -1,
 -- the limit that holds it}.
 local function try_take(tokens, lease_us)
   local holding = -1 -- holders' count, if read
   if cfg.max_concurrent >= 0 then
-    holding = in_flight()
+    holding = redis.call('ZCARD', KEYS[K_HOLDERS])
     if holding >= cfg.max_concurrent then return {false, -1, 'max_concurrent'} end
   end
-  local ready, by, requests = now, nil, 0
-  local function hold(at, name)
-    if at > ready then ready, by = at, name end
-  end
-  hold(state.paused_until, 'pause')
-  hold(state.recovering_until, 'recovering')
+  local ready, by = later(now, nil, state.paused_until, 'pause')
+  ready, by = later(ready, by, state.recovering_until, 'recovering')
+  local requests = 0
   if cfg.rpm > 0 then
-    hold(pacer_ready(), 'pacing')
+    ready, by = later(ready, by, pacer_ready(), 'pacing')
     local at
     at, requests = requests_ready()
-    hold(at, 'rpm')
+    ready, by = later(ready, by, at, 'rpm')
   end
-  if cfg.tpm > 0 and tokens > 0 then hold(tokens_ready(tokens), 'tpm') end
+  if cfg.tpm > 0 and tokens > 0 then ready, by = later(ready, by, tokens_ready(tokens), 'tpm') end
   if ready > now then return {false, ready, by} end
   local id = new_id()
   pacer_record()
@@ -435,57 +440,9 @@ local function try_take(tokens, lease_us)
     mark(K_TOKS)
     add_tokens(id, tokens, 0) -- a new id holds nothing yet
   end
-  count('acquired')
-  count('tokens_charged', tokens)
+  state.acquired = state.acquired + 1 -- as `count`, without its calls
+  if tokens > 0 then state.tokens_charged = state.tokens_charged + tokens end
   return {true, id}
-end
-
--- Gives back a grant that was never used: its slot, its windows, its pacing.
-local function give_back(id, tokens)
-  if redis.call('ZREM', KEYS[K_HOLDERS], id) == 0 then return end
-  pacer_refund()
-  if cfg.rpm > 0 then redis.call('ZREM', KEYS[K_REQS], id) end
-  if cfg.tpm > 0 and tokens > 0 then
-    count('tokens_refunded', refund_tokens(id, tokens))
-  end
-end
-
-local function lowest(k)
-  local first = redis.call('ZRANGE', KEYS[k], 0, 0, 'WITHSCORES')
-  return tonumber(first[2] or NEVER)
-end
-
--- Leases: holders and queued waiters of a process that stopped renewing them are dropped,
--- once one is due.
-local function prune()
-  if now < state.due then return end
-  local dead = redis.call('ZRANGEBYSCORE', KEYS[K_HOLDERS], '-inf', int(now))
-  for _, id in ipairs(dead) do
-    redis.call('ZADD', KEYS[K_REAPED], int(now), id)
-    mark(K_REAPED)
-  end
-  if #dead > 0 then
-    redis.call('ZREMRANGEBYSCORE', KEYS[K_HOLDERS], '-inf', int(now))
-    count('reaped', #dead)
-  end
-  redis.call('ZREMRANGEBYSCORE', KEYS[K_REAPED], '-inf', int(now - 2 * cfg.counted_us))
-  local lost = redis.call('ZRANGEBYSCORE', KEYS[K_QLEASE], '-inf', int(now))
-  for _, ticket in ipairs(lost) do
-    redis.call('ZREM', KEYS[K_QUEUE], ticket)
-    redis.call('HDEL', KEYS[K_QINFO], ticket)
-    local handed = redis.call('HGET', KEYS[K_HANDED], ticket)
-    if handed then
-      local gid, tokens = string.match(handed, '^(%d+) (%d+)')
-      give_back(gid, tonumber(tokens))
-      redis.call('HDEL', KEYS[K_HANDED], ticket)
-    end
-  end
-  if #lost > 0 then
-    redis.call('ZREMRANGEBYSCORE', KEYS[K_QLEASE], '-inf', int(now))
-    count('cancelled', #lost)
-  end
-  state.due = math.min(lowest(K_HOLDERS), lowest(K_QLEASE),
-    lowest(K_REAPED) + 2 * cfg.counted_us)
 end
 
 local handed_now = {}
@@ -532,20 +489,6 @@ local function announce()
     table.concat(handed_now, ',') .. ';' .. int(head_ticket) .. ';' .. int(retry))
 end
 
--- Takes the grant handed to `ticket`: {'G', grant id, tokens, waited_us, epoch, epoch changed,
--- the server time it was granted}, or nil.
-local function take(ticket, lease_us)
-  local handed = redis.call('HGET', KEYS[K_HANDED], ticket)
-  if not handed then return nil end
-  redis.call('HDEL', KEYS[K_HANDED], ticket)
-  local gid, tokens, granted, since = string.match(handed, '^(%d+) (%d+) (%d+) (%d+)')
-  if not redis.call('ZSCORE', KEYS[K_HOLDERS], gid) then return nil end
-  redis.call('ZADD', KEYS[K_HOLDERS], 'XX', int(now + lease_us), gid)
-  lower_due(now + lease_us)
-  count('total_wait_us', now - tonumber(since))
-  return {'G', tonumber(gid), tonumber(tokens), now - tonumber(since), '', 0, granted}
-end
-
 -- Plans the keys' deadline (before `save_state`, which stores it); the keys to give it.
 local function keep_alive()
   if expiry_stale(state.expires, cfg.counted_us) then
@@ -577,14 +520,76 @@ local function retry_in(ticket)
   return -1
 end
 
+-- Helpers only the rare ops and the rare moments of the common ones need (a lease due, a grant
+-- given back): defined only for a call that may need them, since defining a function costs
+-- every call that runs past its definition (~0.3 µs each on the server, benches/RESULTS.md).
+local give_back, refund_tokens, prune
+if now >= state.due or not (op == 'acquire' or op == 'release' or op == 'poll') then
+  -- Takes back up to `amount` tokens from entry `id`; what it took.
+  function refund_tokens(id, amount)
+    local held = num(redis.call('HGET', KEYS[K_AMOUNTS], id), nil)
+    if not held then return 0 end
+    local taken = math.min(amount, held)
+    redis.call('HSET', KEYS[K_AMOUNTS], id, int(held - taken))
+    state.tok_used = state.tok_used - taken
+    return taken
+  end
+
+  -- Gives back a grant that was never used: its slot, its windows, its pacing (GCRA's refund).
+  function give_back(id, tokens)
+    if redis.call('ZREM', KEYS[K_HOLDERS], id) == 0 then return end
+    if cfg.rpm > 0 then
+      if state.tat then state.tat = state.tat - cfg.interval_us end
+      redis.call('ZREM', KEYS[K_REQS], id)
+    end
+    if cfg.tpm > 0 and tokens > 0 then
+      count('tokens_refunded', refund_tokens(id, tokens))
+    end
+  end
+
+  local function lowest(k)
+    local first = redis.call('ZRANGE', KEYS[k], 0, 0, 'WITHSCORES')
+    return tonumber(first[2] or NEVER)
+  end
+
+  -- Leases: holders and queued waiters of a process that stopped renewing them are dropped,
+  -- once one is due.
+  function prune()
+    if now < state.due then return end
+    local dead = redis.call('ZRANGEBYSCORE', KEYS[K_HOLDERS], '-inf', int(now))
+    for _, id in ipairs(dead) do
+      redis.call('ZADD', KEYS[K_REAPED], int(now), id)
+      mark(K_REAPED)
+    end
+    if #dead > 0 then
+      redis.call('ZREMRANGEBYSCORE', KEYS[K_HOLDERS], '-inf', int(now))
+      count('reaped', #dead)
+    end
+    redis.call('ZREMRANGEBYSCORE', KEYS[K_REAPED], '-inf', int(now - 2 * cfg.counted_us))
+    local lost = redis.call('ZRANGEBYSCORE', KEYS[K_QLEASE], '-inf', int(now))
+    for _, ticket in ipairs(lost) do
+      redis.call('ZREM', KEYS[K_QUEUE], ticket)
+      redis.call('HDEL', KEYS[K_QINFO], ticket)
+      local handed = redis.call('HGET', KEYS[K_HANDED], ticket)
+      if handed then
+        local gid, tokens = string.match(handed, '^(%d+) (%d+)')
+        give_back(gid, tonumber(tokens))
+        redis.call('HDEL', KEYS[K_HANDED], ticket)
+      end
+    end
+    if #lost > 0 then
+      redis.call('ZREMRANGEBYSCORE', KEYS[K_QLEASE], '-inf', int(now))
+      count('cancelled', #lost)
+    end
+    state.due = math.min(lowest(K_HOLDERS), lowest(K_QLEASE),
+      lowest(K_REAPED) + 2 * cfg.counted_us)
+  end
+else
+  prune = function() end -- nothing is due (the test above)
+end
+
 -- The ops ------------------------------------------------------------------------------------
 
-if not check_config() then
-  local v = redis.call('HMGET', KEYS[K_CONFIG], 'digest', 'max_concurrent', 'rpm', 'tpm',
-    'window_us', 'margin_us', 'burst', 'adaptive')
-  return {'CONFLICT', v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8] or '0'}
-end
-load_state()
 apply_learning()
 local epoch_changed = (ARGV[11] ~= '' and ARGV[11] ~= state.epoch) and 1 or 0
 
@@ -594,11 +599,13 @@ if op == 'stats' then
   local keys = keep_alive() -- a budget only ever read must expire too
   save_state()
   expire(keys)
+  local COUNTERS = {'acquired', 'tokens_charged', 'tokens_refunded', 'cancelled', 'reaped',
+    'total_wait_us', 'timeouts'}
   local c = {}
   for i, v in ipairs(redis.call('HMGET', KEYS[K_STATE], unpack(COUNTERS))) do
     c[COUNTERS[i]] = num(v, 0)
   end
-  return {'S', in_flight(), redis.call('ZCARD', KEYS[K_QUEUE]),
+  return {'S', redis.call('ZCARD', KEYS[K_HOLDERS]), redis.call('ZCARD', KEYS[K_QUEUE]),
     cfg.rpm > 0 and redis.call('ZCARD', KEYS[K_REQS]) or -1,
     cfg.tpm > 0 and state.tok_used or -1,
     math.max(state.paused_until, state.recovering_until, now) - now,
@@ -624,6 +631,7 @@ end
 
 if op == 'rate_limited' then
   -- A 429 nothing explained: the multiplicative decrease, at most once a step.
+  values.f_event = num(redis.call('HGET', KEYS[K_STATE], 'f_event'), nil)
   if not state.f_event or now - state.f_event >= step_us() then
     state.f_event = now
     state.factor = math.max(math.floor(state.factor * DECREASE / FULL), MIN_FACTOR)
@@ -668,10 +676,20 @@ end
 if op == 'poll' then
   -- ARGV 14: ticket, 15: lease_us
   local ticket, lease_us = tonumber(ARGV[14]), tonumber(ARGV[15])
-  local taken = take(ticket, lease_us)
-  if taken then
-    taken[5], taken[6] = state.epoch, epoch_changed
-    return finish(taken)
+  -- The grant handed to the ticket, if it is still held: {'G', grant id, tokens, waited_us,
+  -- epoch, epoch changed, the server time it was granted}.
+  local handed = redis.call('HGET', KEYS[K_HANDED], ticket)
+  if handed then
+    redis.call('HDEL', KEYS[K_HANDED], ticket)
+    local gid, tokens, granted, since = string.match(handed, '^(%d+) (%d+) (%d+) (%d+)')
+    if redis.call('ZSCORE', KEYS[K_HOLDERS], gid) then
+      redis.call('ZADD', KEYS[K_HOLDERS], 'XX', int(now + lease_us), gid)
+      lower_due(now + lease_us)
+      local waited = now - tonumber(since)
+      count('total_wait_us', waited)
+      return finish({'G', tonumber(gid), tonumber(tokens), waited, state.epoch, epoch_changed,
+        granted})
+    end
   end
   if redis.call('ZSCORE', KEYS[K_QUEUE], ticket) then
     redis.call('ZADD', KEYS[K_QLEASE], 'XX', int(now + lease_us), ticket)
