@@ -316,9 +316,11 @@ impl RedisQueue {
                     ..
                 } => return Ok(Waited::Granted(self.granted(gid, tokens, stamp_us))),
                 Reply::Waiting { retry_us } => {
-                    retry = self
-                        .take_head_retry(id)
-                        .or(retry_us.map(Duration::from_micros));
+                    // The poll's delay is the script's answer now; an announced one is older
+                    // by its delivery and this poll's round trip (sleeping it made the head
+                    // late). The announced one serves only when the poll named none.
+                    let announced = self.take_head_retry(id);
+                    retry = retry_us.map(Duration::from_micros).or(announced);
                 }
                 Reply::Unknown => {
                     self.local().tickets.remove(&ticket);
