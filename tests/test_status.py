@@ -223,6 +223,8 @@ def test_a_budget_lowered_by_a_429_shows_the_limits_in_force(
     row = plain_rows(redis_url)[budget_name]
     in_force = "(in force: 350 req, 35000 tok, 429)"
     assert row["LIMITS"] == f"500 req, 50000 tok per 60 s (+0.3 s margin) {in_force}"
+    # Use is shown against the limits in force.
+    assert (row["REQUESTS"], row["TOKENS"]) == ("0/350", "0/35000")
 
 
 def test_a_budget_that_learned_headers_shows_them_and_a_configured_one_shows_none(

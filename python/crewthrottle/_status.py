@@ -269,14 +269,15 @@ def _paused_text(b: Budget) -> str:
 
 
 def row(b: Budget) -> list[str]:
-    """One budget's cells, in COLUMNS order."""
+    """One budget's cells, in COLUMNS order; use is shown against the limits in force."""
+    limits = b.in_force or b
     return [
         b.name,
         _limits_text(b),
-        _of(b.in_flight, b.max_concurrent),
+        _of(b.in_flight, limits.max_concurrent),
         str(b.waiting),
-        _of(b.requests_in_window, b.rpm),
-        _of(b.tokens_in_window, b.tpm),
+        _of(b.requests_in_window, limits.rpm),
+        _of(b.tokens_in_window, limits.tpm),
         _paused_text(b),
         _holders_text(b),
         "-" if b.expires_in is None else _seconds(b.expires_in),
