@@ -45,6 +45,11 @@ def redis_cli(port: int, *args: str) -> str:
     return done.stdout.strip()
 
 
+def port_of(url: str) -> int:
+    """The port of a ``redis://host:port/db`` URL."""
+    return int(url.rsplit(":", 1)[1].split("/")[0])
+
+
 class RedisServer:
     """A `redis-server` on 127.0.0.1 with no persistence, in a directory of its own."""
 

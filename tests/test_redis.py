@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from tests._redis import RedisServer, free_port, redis_cli
+from tests._redis import RedisServer, free_port, port_of, redis_cli
 from tests._timeline import max_in_window, max_overlap
 
 import crewthrottle as ct
@@ -239,14 +239,26 @@ def test_an_unreachable_server_is_a_clear_error_in_bounded_time() -> None:
         assert time.monotonic() - started < 10
 
 
+#: The longest a key of the budgets below may live when idle (ms): two counted windows
+#: (1 s + 50 ms margin), three leases (1 s), and a minute.
+IDLE_TTL_MS = 2 * 1.05 * 1000 + 3 * 1000 + 60_000
+
+
+def budget_keys(redis_url: str, name: str) -> list[str]:
+    return redis_cli(port_of(redis_url), "--scan", "--pattern", f"{{crewthrottle:{name}}}*").split()
+
+
+def ttls(redis_url: str, keys: list[str]) -> list[int]:
+    return [int(redis_cli(port_of(redis_url), "pttl", k)) for k in keys]
+
+
 def test_keys_share_one_hash_tag_and_expire_when_idle(redis_url: str, budget_name: str) -> None:
     limiter = shared(redis_url, budget_name, max_concurrent=2, rpm=10, window=1.0, lease=1.0)
     limiter.acquire().release()
-    port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
-    keys = redis_cli(port, "--scan", "--pattern", f"{{crewthrottle:{budget_name}}}*").split()
+    keys = budget_keys(redis_url, budget_name)
     assert keys and all(k.startswith(f"{{crewthrottle:{budget_name}}}:v1:") for k in keys)
-    ttls = [int(redis_cli(port, "pttl", k)) for k in keys]
-    assert all(0 < ttl <= 2 * 1.05 * 1000 + 3 * 1000 + 60_000 for ttl in ttls), ttls
+    left = ttls(redis_url, keys)
+    assert all(0 < ttl <= IDLE_TTL_MS for ttl in left), left
 
 
 def test_a_budget_only_ever_read_expires_too(redis_url: str, budget_name: str) -> None:
@@ -258,13 +270,12 @@ def test_a_budget_only_ever_read_expires_too(redis_url: str, budget_name: str) -
     for suffix, use in uses:
         name = f"{budget_name}/{suffix}"
         use(shared(redis_url, name, rpm=10, window=1.0, lease=1.0))
-        port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
         deadline = time.monotonic() + 15
-        while not (keys := redis_cli(port, "--scan", "--pattern", f"{{crewthrottle:{name}}}*")):
+        while not (keys := budget_keys(redis_url, name)):
             assert time.monotonic() < deadline, "the budget never reached the server"
             time.sleep(0.02)
-        ttls = [int(redis_cli(port, "pttl", k)) for k in keys.split()]
-        assert all(0 < ttl <= 2 * 1.05 * 1000 + 3 * 1000 + 60_000 for ttl in ttls), (suffix, ttls)
+        left = ttls(redis_url, keys)
+        assert all(0 < ttl <= IDLE_TTL_MS for ttl in left), (suffix, left)
 
 
 def test_a_restarted_server_is_reconnected_to_and_treated_conservatively(

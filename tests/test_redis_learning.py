@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from tests._redis import redis_cli
+from tests._redis import port_of, redis_cli
 
 import crewthrottle as ct
 
@@ -52,10 +52,9 @@ def older_than_window(redis_url: str, window: float) -> None:
     from one it lost in a restart, so it grants no rate-limited request for its first window
     (README, "Redis unreachable or restarted") — a precondition of the tests that need grants,
     not a race."""
-    port = redis_url.rsplit(":", 1)[1].split("/")[0]
     deadline = time.monotonic() + window + DEADLINE
     while True:
-        info = redis_cli(int(port), "info", "server")
+        info = redis_cli(port_of(redis_url), "info", "server")
         uptime = int(info.split("uptime_in_seconds:")[1].split()[0])
         if uptime > window:
             return

@@ -487,4 +487,4 @@ impl Resource for LimiterBudget {
 }
 
 #[cfg(test)]
-mod tests;
+pub(super) mod tests;

@@ -327,6 +327,7 @@ mod through_the_limiter {
     use super::{headers, SEC};
     use crate::core::clock::Clock;
     use crate::core::gate::{Check, Resource};
+    use crate::core::limiter::tests::saturate;
     use crate::core::limiter::{LimiterBudget, LimiterConfig, LimiterRequest};
 
     fn budget(rpm: Option<u64>, tpm: Option<u64>, adaptive: bool) -> (LimiterBudget, Clock) {
@@ -342,27 +343,7 @@ mod through_the_limiter {
     /// the start times.
     fn run(b: &mut LimiterBudget, clock: &Clock, tokens: u64, secs: u64) -> Vec<u64> {
         let until = clock.now().as_u64() + secs * SEC;
-        let mut starts = Vec::new();
-        while clock.now().as_u64() < until {
-            let now = clock.now();
-            match b.try_take(
-                &LimiterRequest {
-                    tokens,
-                    lend: false,
-                },
-                now,
-            ) {
-                Check::Granted(grant) => {
-                    starts.push(now.as_u64());
-                    b.release(&grant);
-                }
-                Check::RetryAt(at) => {
-                    clock.advance(Duration::from_nanos(at.as_u64() - now.as_u64()))
-                }
-                Check::WaitForRelease => panic!("nothing is held"),
-            }
-        }
-        starts
+        saturate(b, clock, tokens, until)
     }
 
     fn most_in_a_window(starts: &[u64]) -> usize {

@@ -41,7 +41,12 @@ fn granted(check: Check<LimiterGrant>) -> LimiterGrant {
 
 /// Drives a limiter with a backlog of requests, each started as soon as it is allowed
 /// (jumping the clock to the retry instant), and returns the start times.
-fn saturate(budget: &mut LimiterBudget, clock: &Clock, tokens: u64, until: u64) -> Vec<u64> {
+pub(in crate::core) fn saturate(
+    budget: &mut LimiterBudget,
+    clock: &Clock,
+    tokens: u64,
+    until: u64,
+) -> Vec<u64> {
     let mut starts = Vec::new();
     loop {
         let now = clock.now();
