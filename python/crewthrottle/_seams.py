@@ -75,17 +75,18 @@ def _crewai_litellm_params() -> bool:
     return callable(prepare) and "params" in inspect.getsource(prepare)
 
 
-def _openai_prepare_request() -> bool:
-    from openai import AsyncOpenAI, OpenAI
+def _litellm_http_handler() -> bool:
+    from litellm.llms.anthropic.chat import handler
+    from litellm.llms.custom_httpx.http_handler import AsyncHTTPHandler, HTTPHandler
 
-    sync, async_ = OpenAI._prepare_request, AsyncOpenAI._prepare_request
-    from openai._base_client import SyncAPIClient
-
-    source = inspect.getsource(SyncAPIClient.request)
+    sync = inspect.signature(HTTPHandler).parameters
+    async_ = inspect.signature(AsyncHTTPHandler).parameters
+    source = inspect.getsource(handler)
     return (
-        callable(sync)
-        and inspect.iscoroutinefunction(async_)
-        and "self._prepare_request(request)" in source
+        "client" in sync
+        and "event_hooks" in async_
+        and "isinstance(client, HTTPHandler)" in source
+        and "isinstance(client, AsyncHTTPHandler)" in source
     )
 
 
@@ -118,19 +119,19 @@ SEAMS: dict[str, Seam] = {
         ),
         Seam(
             "crewai.llm.LLM._prepare_completion_params",
-            "the LiteLLM route's completion parameters, where crewthrottle adds the openai "
-            "client (LiteLLM's public client= parameter) whose requests take their permits",
+            "the LiteLLM route's completion parameters, where crewthrottle adds the client "
+            "(LiteLLM's client= parameter) whose requests take their permits as they are sent",
             "LiteLLM-route calls take their permit when the attempt starts, a little before "
             "the request is sent",
             _crewai_litellm_params,
         ),
         Seam(
-            "openai._base_client.SyncAPIClient._prepare_request",
-            "the openai client's per-request hook, called just before each request is sent; "
-            "used for the client handed to LiteLLM, whose route has no interceptor option",
-            "LiteLLM-route calls take their permit when the attempt starts, a little before "
-            "the request is sent",
-            _openai_prepare_request,
+            "litellm.llms.custom_httpx.http_handler.HTTPHandler",
+            "LiteLLM's HTTP handler classes, which its Anthropic route accepts as client=: "
+            "crewthrottle hands it one whose httpx request hook takes the permit",
+            "LiteLLM-route calls to Anthropic take their permit when the attempt starts, a "
+            "little before the request is sent",
+            _litellm_http_handler,
         ),
     )
 }

@@ -54,7 +54,7 @@ class Throttling:
         self.retry = shared.wire_retry(retry, limiter, retry)
         self.estimate = estimate
         self.deadlock_after = deadlock_after
-        self.litellm_clients: tuple[Any, Any] | None = None  # set by make_throttled
+        self.litellm_clients: sdk.LiteLLMClients | None = None  # set by make_throttled
 
     def size(self, messages: Any, llm: Any) -> shared.Sizing:
         """The tokens to reserve for a call (see ``_integrations.TokenEstimator``)."""
@@ -222,7 +222,7 @@ class Throttled:
         clients = throttling_of(self).litellm_clients
         attempt = sdk.current.get()
         if clients and isinstance(attempt, CrewAttempt) and attempt.throttling.litellm_clients:
-            params["client"] = clients[1] if attempt.is_async else clients[0]
+            params["client"] = clients.for_running_loop() if attempt.is_async else clients.sync
         return params
 
     def _track_token_usage_internal(self, usage_data: Any) -> None:

@@ -6,11 +6,12 @@ Where the permit is taken, by CrewAI's route:
 - native OpenAI and Anthropic providers: CrewAI's public ``interceptor`` option
   (:class:`crewai.llms.hooks.BaseInterceptor`), whose ``on_outbound`` runs in the HTTP
   transport, just before each request is written: :func:`interceptor_class`;
-- LiteLLM with an OpenAI-compatible model: an ``openai`` client handed to LiteLLM with each
-  completion (its public ``client`` parameter), whose requests take their permits in the
-  client's request preparation (private seams, see :mod:`crewthrottle._seams`);
-- any other route (LiteLLM with Anthropic or other models, Gemini, Bedrock, Azure, a custom
-  ``BaseLLM``): when the attempt starts. Retries being off, that is still one permit per
+- LiteLLM with an OpenAI-compatible or an Anthropic model: a client handed to LiteLLM with
+  each completion (its ``client`` parameter; an ``openai`` client, or LiteLLM's own HTTP
+  handler for Anthropic), whose httpx request hooks take the permit just before each request
+  is sent (the seams on the way are in :mod:`crewthrottle._seams`);
+- any other route (LiteLLM with other models, Gemini, Bedrock, Azure, a custom ``BaseLLM``):
+  when the attempt starts. Retries being off, that is still one permit per
   HTTP request, only taken a little earlier.
 
 Retry layers, all off: the SDK's (the provider's public ``max_retries`` field), LiteLLM's
@@ -20,8 +21,10 @@ rate-limit retry around every provider's ``call`` (a private seam, see :mod:`cre
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
-import inspect
+import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from crewthrottle import _seams as seams
@@ -32,6 +35,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Current",
+    "LiteLLMClients",
     "current",
     "interceptor_class",
     "litellm_clients",
@@ -129,41 +133,114 @@ def litellm_options(llm: Any) -> dict[str, Any]:
     return {**(llm.additional_params or {}), "num_retries": 0, "max_retries": 0}
 
 
-def litellm_clients(llm: Any, key: object) -> tuple[Any, Any] | None:
-    """Hooked ``OpenAI`` and ``AsyncOpenAI`` clients for a LiteLLM-path LLM whose provider is
-    OpenAI-compatible, to hand LiteLLM with each completion, so that its permits too are taken
-    as requests are sent; None for other providers, or if the seam is missing."""
-    if not getattr(llm, "is_litellm", False) or not seams.available(
-        "openai._base_client.SyncAPIClient._prepare_request"
-    ):
+class LiteLLMClients:
+    """The clients handed to LiteLLM for one throttled LLM: one sync client, and one async
+    client per event loop (an async client's connections belong to the loop that opened
+    them: reused on another loop, once the first is closed, every request fails)."""
+
+    __slots__ = ("_by_loop", "_lock", "_make_async", "sync")
+
+    def __init__(self, sync: Any, make_async: Callable[[], Any]) -> None:
+        self.sync = sync
+        self._make_async = make_async
+        self._by_loop: dict[asyncio.AbstractEventLoop, Any] = {}
+        self._lock = threading.Lock()
+
+    def for_running_loop(self) -> Any:
+        """The async client of the running event loop (made on its first call there);
+        clients of loops since closed are dropped."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            client = self._by_loop.get(loop)
+            if client is None:
+                live = {other: c for other, c in self._by_loop.items() if not other.is_closed()}
+                client = live[loop] = self._make_async()
+                self._by_loop = live
+        return client
+
+
+def litellm_clients(llm: Any, key: object) -> LiteLLMClients | None:
+    """The clients for a LiteLLM-path LLM, to hand LiteLLM with each completion (its
+    ``client`` parameter), whose requests take their permits as they are sent: ``OpenAI`` and
+    ``AsyncOpenAI`` for OpenAI-compatible providers, LiteLLM's own HTTP handlers for
+    Anthropic. None for other providers, or if a seam is missing (the permit is then taken
+    when the attempt starts)."""
+    if not getattr(llm, "is_litellm", False):
         return None
     try:
         import litellm
-        from openai import AsyncOpenAI, DefaultAsyncHttpxClient, DefaultHttpxClient, OpenAI
 
         base_url = llm.api_base or llm.base_url
         provider = litellm.get_llm_provider(llm.model, api_base=base_url)[1]
     except Exception:  # no litellm, an unknown model: the permit is taken at the call
         return None
-    if provider != "openai":
-        return None
+    if provider == "openai":
+        return _openai_clients(llm, base_url, key)
+    if provider == "anthropic" and seams.available(
+        "litellm.llms.custom_httpx.http_handler.HTTPHandler"
+    ):
+        return _litellm_handlers(llm, key)
+    return None
+
+
+def _openai_clients(llm: Any, base_url: str | None, key: object) -> LiteLLMClients:
+    """``OpenAI`` and ``AsyncOpenAI`` on the SDK's own default httpx clients (its timeouts
+    and connection limits kept), with our request and response hooks."""
+    from openai import AsyncOpenAI, DefaultAsyncHttpxClient, DefaultHttpxClient, OpenAI
+
     options: dict[str, Any] = {"base_url": base_url, "max_retries": 0}
     if llm.api_key:
         options["api_key"] = llm.api_key
     if llm.timeout is not None:
         options["timeout"] = llm.timeout
+    sync_client = DefaultHttpxClient(event_hooks=_event_hooks(key))
+    return LiteLLMClients(
+        OpenAI(**options, http_client=sync_client),
+        lambda: AsyncOpenAI(
+            **options, http_client=DefaultAsyncHttpxClient(event_hooks=_async_event_hooks(key))
+        ),
+    )
 
-    async def inbound_async(response: httpx.Response) -> None:
+
+def _litellm_handlers(llm: Any, key: object) -> LiteLLMClients:
+    """LiteLLM's ``HTTPHandler`` and ``AsyncHTTPHandler`` (a seam, see _seams), on httpx
+    clients LiteLLM builds itself (its transport, proxies, TLS and timeout) with our hooks."""
+    from litellm.llms.custom_httpx.http_handler import AsyncHTTPHandler, HTTPHandler
+
+    made = HTTPHandler(timeout=llm.timeout).client
+    made.event_hooks = _event_hooks(key)
+    # Given its client, the handler keeps it (it rebuilds only clients of its own making).
+    return LiteLLMClients(
+        HTTPHandler(timeout=llm.timeout, client=made),
+        lambda: AsyncHTTPHandler(timeout=llm.timeout, event_hooks=_async_event_hooks(key)),
+    )
+
+
+def _event_hooks(key: object) -> dict[str, list[Any]]:
+    """httpx ``event_hooks``: each LLM request of the attempt under way takes its permit just
+    before it is sent (httpx calls request hooks then), and each response hands the attempt
+    its status and headers."""
+
+    def take(request: httpx.Request) -> None:
+        attempt = _mine(key, request)
+        if attempt is not None:
+            attempt.take()
+
+    return {"request": [take], "response": [lambda response: _inbound(key, response)]}
+
+
+def _async_event_hooks(key: object) -> dict[str, list[Any]]:
+    """:func:`_event_hooks` for an ``httpx.AsyncClient``: the permit is awaited."""
+
+    async def take(request: httpx.Request) -> None:
+        attempt = _mine(key, request)
+        if attempt is not None:
+            await attempt.atake()
+
+    async def inbound(response: httpx.Response) -> None:
         _inbound(key, response)
 
-    # Responses go to the attempt through httpx's public event hooks, on the SDK's own
-    # default client (its timeouts and connection limits kept).
-    sync_client = DefaultHttpxClient(event_hooks={"response": [lambda r: _inbound(key, r)]})
-    async_client = DefaultAsyncHttpxClient(event_hooks={"response": [inbound_async]})
-    return (
-        _hook(OpenAI(**options, http_client=sync_client), key),
-        _hook(AsyncOpenAI(**options, http_client=async_client), key),
-    )
+    return {"request": [take], "response": [inbound]}
 
 
 def _inbound(key: object, response: httpx.Response) -> None:
@@ -171,28 +248,3 @@ def _inbound(key: object, response: httpx.Response) -> None:
     attempt = _mine(key, response.request)
     if attempt is not None:
         attempt.on_response(response.status_code, response.headers)
-
-
-def _hook(client: Any, key: object) -> Any:
-    """Make ``client`` take the current attempt's permit just before it sends a request
-    (``_prepare_request``: the openai SDK's private per-request hook, see _seams)."""
-    prepare = client._prepare_request
-    if inspect.iscoroutinefunction(prepare):
-
-        async def prepare_async(request: Any) -> Any:
-            attempt = _mine(key, request)
-            if attempt is not None:
-                await attempt.atake()
-            return await prepare(request)
-
-        client._prepare_request = prepare_async
-    else:
-
-        def prepare_sync(request: Any) -> Any:
-            attempt = _mine(key, request)
-            if attempt is not None:
-                attempt.take()
-            return prepare(request)
-
-        client._prepare_request = prepare_sync
-    return client
