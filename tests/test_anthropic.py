@@ -164,48 +164,6 @@ def test_twenty_claude_crews_without_a_single_429(litellm: bool) -> None:
     assert limiter.stats()["tokens_granted"] == sum(r.total_tokens for r in provider.log)
 
 
-@pytest.mark.parametrize("model", [f"anthropic/{MODEL}", "openai/gpt-4o-mini"])
-@pytest.mark.parametrize("mode", ["call", "acall"])
-def test_the_litellm_route_takes_its_permit_as_the_request_is_sent(
-    model: str, mode: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """LiteLLM's work before a request (building and translating it; its first call loads
-    much more) happens before the permit: the limiter counts the request when it is sent,
-    as the provider does, so that work cannot bunch requests up at the provider. The check
-    is made inside ``litellm.completion`` itself: no permit is held yet there. The two async
-    calls run on two event loops, one after the other (an async client serves one loop)."""
-    import litellm
-
-    held_when_litellm_starts: list[int] = []
-    real_sync, real_async = litellm.completion, litellm.acompletion
-
-    def completion(*args: Any, **kwargs: Any) -> Any:
-        held_when_litellm_starts.append(limiter.stats()["in_flight"])
-        return real_sync(*args, **kwargs)
-
-    async def acompletion(*args: Any, **kwargs: Any) -> Any:
-        held_when_litellm_starts.append(limiter.stats()["in_flight"])
-        return await real_async(*args, **kwargs)
-
-    monkeypatch.setattr(litellm, "completion", completion)
-    monkeypatch.setattr(litellm, "acompletion", acompletion)
-    with FakeProvider(rpm=60, input_tpm=20_000, output_tpm=20_000, window=60.0) as provider:
-        llm = LLM(model=model, base_url=provider.url, api_key="f", max_tokens=100, is_litellm=True)
-        limiter = ct.Limiter(rpm=60, tpm=20_000, window=60.0)
-        throttled = throttle_llm(llm, limiter)
-        for i in range(2):
-            if mode == "call":
-                reply = throttled.call(f"hi #{i}")
-            else:
-                reply = asyncio.run(throttled.acall(f"hi #{i}"))
-            assert "fake answer" in reply
-
-    assert held_when_litellm_starts == [0, 0], "a permit was taken before LiteLLM ran"
-    stats = limiter.stats()
-    assert stats["acquired"] == provider.count(status=200) == 2 and stats["in_flight"] == 0
-    assert stats["tokens_granted"] == sum(r.total_tokens for r in provider.log)
-
-
 def test_claudes_huge_default_max_tokens_is_said_once_not_silently_serialised() -> None:
     """CrewAI sets max_tokens to the model's maximum for Claude: reserved in full, as the
     provider counts it, it lets one call per window through — and the user is told."""

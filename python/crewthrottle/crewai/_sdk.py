@@ -207,11 +207,12 @@ def _litellm_handlers(llm: Any, key: object) -> LiteLLMClients:
     clients LiteLLM builds itself (its transport, proxies, TLS and timeout) with our hooks."""
     from litellm.llms.custom_httpx.http_handler import AsyncHTTPHandler, HTTPHandler
 
-    made = HTTPHandler(timeout=llm.timeout).client
-    made.event_hooks = _event_hooks(key)
-    # Given its client, the handler keeps it (it rebuilds only clients of its own making).
+    sync_handler = HTTPHandler(timeout=llm.timeout)
+    # The handler's own client, hooked (a client made by one handler and given to another
+    # would be closed when the first is collected, as older LiteLLMs do).
+    sync_handler.client.event_hooks = _event_hooks(key)
     return LiteLLMClients(
-        HTTPHandler(timeout=llm.timeout, client=made),
+        sync_handler,
         lambda: AsyncHTTPHandler(timeout=llm.timeout, event_hooks=_async_event_hooks(key)),
     )
 
