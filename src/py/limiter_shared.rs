@@ -16,8 +16,8 @@ use crate::core::{
     Change, GateCounters, LimiterBudget, LimiterConfig, LimiterFigures, Limits, Nanos, Observation,
     Published, WaitFigures,
 };
-use crate::store::redis::queue::RedisQueue;
 use crate::store::redis::script::int;
+use crate::store::redis::RedisQueue;
 
 /// What the retry layer (`crewthrottle.backoff`) reports about calls through a limiter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
