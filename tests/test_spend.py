@@ -33,8 +33,9 @@ pytestmark = MARKS
 
 WINDOW = 2.0
 TOPICS = ("ants", "bees", "cats", "dogs")
-#: Retries fast enough for a test, and enough of them that no call gives up.
-RETRY = ct.backoff(max_tries=20, base=0.05, max_delay=0.3)
+#: Retries fast enough for a test, and enough of them that no call gives up; max_delay is
+#: above the slow start's hold, so a refused request waits out the provider's Retry-After.
+RETRY = ct.backoff(max_tries=20, base=0.05, max_delay=2.0)
 #: Refusals before a draft passes its guardrail: the draft task makes 3 calls per execution.
 REFUSALS = 2
 
@@ -144,7 +145,12 @@ def test_every_request_is_counted_once_in_its_agents_and_tasks_row(
 ) -> None:
     """Four crews (one template over four inputs): 32 logical calls. The limiter lets 3
     requests through at once, the provider takes 2 and refuses the rest with 429s at first."""
-    with FakeProvider(max_concurrent=2, window=WINDOW, latency=slow_start(2)) as provider:
+    # The crews' first requests leave up to ~0.3 s apart (measured on the LiteLLM route: each
+    # thread's first LiteLLM call does more work), and CI once saw none of them overlap the
+    # first two's hold of 0.3 s: no 429 at all. Held 1.5 s, the first two are still in flight
+    # when the third comes; RETRY's max_delay lets the refused wait that out.
+    latency = slow_start(2, hold=1.5)
+    with FakeProvider(max_concurrent=2, window=WINDOW, latency=latency) as provider:
         limiter = ct.Limiter(max_concurrent=3, window=WINDOW)
         crew = research_crew(provider, limiter, litellm=mode == "litellm")
         spend = ct.SpendReport(flag_calls=REFUSALS)
